@@ -1,0 +1,5 @@
+import sys
+
+from mrdib_pyg.train.cli import main
+
+sys.exit(main())

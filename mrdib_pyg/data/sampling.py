@@ -1,0 +1,83 @@
+r"""BPR mini-batches with MMRec's negative sampling, vectorised."""
+from typing import Iterator, Optional
+
+import torch
+from torch import Tensor
+
+from mrdib_pyg.nn.output import BPRBatch
+
+
+class BPRSampler:
+    r"""Iterates over the training interactions in shuffled mini-batches of
+    (user, positive, negative) triples, one epoch per :obj:`iter()`.
+
+    Negatives follow MMRec's ``TrainDataLoader``: one per positive, drawn uniformly from the
+    items that occur in training, and redrawn while the user has it in training. MMRec
+    redraws per row in a Python loop; we redraw all collisions of a batch at once, which
+    gives the same distribution.
+
+    For distributed training, :obj:`rank`/:obj:`world_size` give each process a disjoint
+    share of every epoch's permutation (all ranks must share :obj:`seed`).
+
+    Args:
+        edge_index (Tensor): :obj:`[2, E]` (user, item) training pairs (deduplicated).
+        num_users (int), num_items (int): id ranges.
+        batch_size (int, optional): (default: :obj:`2048`, MMRec's)
+        seed (int, optional): seed of the sampler's own generator. (default: :obj:`0`)
+        rank (int, optional), world_size (int, optional): distributed share.
+    """
+
+    def __init__(self, edge_index: Tensor, num_users: int, num_items: int,
+                 batch_size: int = 2048, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 drop_last: bool = False):
+        if batch_size < 1:
+            raise ValueError(f"'{self.__class__.__name__}' needs batch_size >= 1 "
+                             f"(got {batch_size})")
+        self.users, self.items = edge_index[0].long().cpu(), edge_index[1].long().cpu()
+        self.num_users, self.num_items = num_users, num_items
+        self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
+        self.drop_last = drop_last
+        self.generator = torch.Generator().manual_seed(seed)
+        self.candidates = torch.unique(self.items)  # items seen in training
+        # Sorted (user * I + item) keys make "does u have i?" a binary search.
+        self.keys = torch.unique(self.users * num_items + self.items)
+        if self.candidates.numel() == 0:
+            raise ValueError(f"'{self.__class__.__name__}' got no training interactions")
+
+    def has_interaction(self, users: Tensor, items: Tensor) -> Tensor:
+        q = users * self.num_items + items
+        pos = torch.searchsorted(self.keys, q).clamp_(max=self.keys.numel() - 1)
+        return self.keys[pos] == q
+
+    def sample_negatives(self, users: Tensor) -> Tensor:
+        draw = lambda n: self.candidates[torch.randint(  # noqa: E731
+            self.candidates.numel(), (n, ), generator=self.generator)]
+        neg = draw(users.numel())
+        bad = self.has_interaction(users, neg)
+        for _ in range(1000):  # a user who rated every candidate would loop forever
+            if not bool(bad.any()):
+                return neg
+            idx = bad.nonzero().view(-1)
+            neg[idx] = draw(idx.numel())
+            bad[idx] = self.has_interaction(users[idx], neg[idx])
+        raise RuntimeError(f"'{self.__class__.__name__}' could not find negatives for users "
+                           f"{users[bad].unique().tolist()[:10]}: they interacted with "
+                           f"(nearly) every training item")
+
+    def _epoch_rows(self) -> Tensor:
+        perm = torch.randperm(self.users.numel(), generator=self.generator)
+        return perm[self.rank::self.world_size]
+
+    def __len__(self) -> int:
+        n = len(range(self.rank, self.users.numel(), self.world_size))
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[BPRBatch]:
+        rows = self._epoch_rows()
+        for start in range(0, rows.numel(), self.batch_size):
+            idx = rows[start:start + self.batch_size]
+            if self.drop_last and idx.numel() < self.batch_size:
+                break
+            users = self.users[idx]
+            yield BPRBatch(users, self.items[idx], self.sample_negatives(users))

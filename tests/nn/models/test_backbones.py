@@ -1,0 +1,95 @@
+import pytest
+import torch
+
+from mrdib_pyg.data.schema import build_heterodata
+from mrdib_pyg.nn.models import BPRMF, MODELS, VBPR, LightGCN
+from mrdib_pyg.nn.output import BPRBatch
+
+
+@pytest.fixture
+def data():
+    g = torch.Generator().manual_seed(0)
+    U, I = 12, 9
+    ei = torch.unique(torch.stack([torch.randint(U, (60, ), generator=g),
+                                   torch.randint(I, (60, ), generator=g)]), dim=1)
+    feats = {'image': torch.randn(I, 16, generator=g), 'text': torch.randn(I, 6, generator=g)}
+    return build_heterodata(U, I, ei, ei[:, :3], ei[:, 3:6], feats)
+
+
+def batch():
+    return BPRBatch(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5]))
+
+
+@pytest.mark.parametrize('name', sorted(MODELS))
+def test_backbone_contract(data, name):
+    model = MODELS[name].from_data(data)
+    out = model()
+    assert out.user.size(0) == 12 and out.item.size(0) == 9
+    assert out.user.size(1) == out.item.size(1)
+    loss = model.loss(out, batch())
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in model.parameters())
+    model.eval()
+    s = model.score(torch.tensor([0, 5]))
+    assert s.shape == (2, 9)
+    assert torch.allclose(s, out.user[[0, 5]].detach() @ out.item.detach().t(), atol=1e-5)
+    assert bool(model.multimodal) == bool(out.modalities)
+    assert name.lower() in repr(model).lower()
+
+
+def test_score_cache_is_dropped_when_training_resumes(data):
+    model = LightGCN.from_data(data)
+    model.eval()
+    before = model.score(torch.tensor([0]))
+    with torch.no_grad():
+        model.user_emb.add_(1.)
+    assert torch.equal(model.score(torch.tensor([0])), before)  # cached in eval
+    model.train()
+    model.eval()
+    assert not torch.allclose(model.score(torch.tensor([0])), before)
+
+
+def test_vbpr_split_equals_mmrec_single_linear(data):
+    torch.manual_seed(0)
+    model = VBPR.from_data(data)
+    assert model.order == ['text', 'image']  # MMRec concatenates text first
+    out = model()
+    raw = torch.cat([data['text'].x, data['image'].x], dim=-1)
+    content = model.item_linear(raw)
+    assert torch.allclose(out.item[:, 64:], content, atol=1e-5)
+    # Per-modality parts are the weight slices, without the bias.
+    parts = out.modalities['text'].item + out.modalities['image'].item
+    assert torch.allclose(parts + model.item_linear.bias, content, atol=1e-5)
+    assert torch.equal(out.modality_user, model.user_emb[:, 64:])
+    assert torch.all(model.item_linear.bias == 0)
+
+
+def test_vbpr_modality_hook_replaces_fusion_input(data):
+    model = VBPR.from_data(data)
+    base = model().item
+    model.modality_hook = lambda reps: {m: torch.zeros_like(x) for m, x in reps.items()}
+    out = model()
+    assert torch.allclose(out.item[:, 64:], model.item_linear.bias.expand(9, 64))
+    assert torch.equal(out.item[:, :64], base[:, :64])
+
+
+def test_vbpr_rejects_bad_features():
+    with pytest.raises(ValueError, match='rows'):
+        VBPR(3, 4, {'image': torch.randn(5, 2)})
+    with pytest.raises(ValueError, match='at least one'):
+        VBPR(3, 4, {})
+
+
+def test_mmrec_regularisers(data):
+    b = batch()
+    model = BPRMF.from_data(data, reg_weight=0.5)
+    out = model()
+    expected = 0.5 * (out.user[b.users].norm() + out.item[b.pos].norm()
+                      + out.item[b.neg].norm()) / 3
+    assert torch.allclose(model.regularizer(out, b), expected)
+    lg = LightGCN.from_data(data, reg_weight=0.5)
+    out = lg()
+    expected = 0.5 * (lg.user_emb[b.users].norm() + lg.item_emb[b.pos].norm()
+                      + lg.item_emb[b.neg].norm()) / 3
+    assert torch.allclose(lg.regularizer(out, b), expected)
