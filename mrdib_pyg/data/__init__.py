@@ -1,0 +1,1 @@
+from .amazon_mm import AmazonMM  # noqa: F401

@@ -1,4 +1,6 @@
 r"""The symmetric-normalised user–item adjacency, built once from training edges."""
+import warnings
+
 import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
@@ -35,7 +37,9 @@ def bipartite_adjacency(edge_index: Tensor, num_users: int, num_items: int,
     deg = torch.zeros(n).scatter_add_(0, index[0], torch.ones(index.size(1)))
     dinv = (deg + eps).pow(-0.5)
     value = dinv[index[0]] * dinv[index[1]]
-    return to_torch_csr_tensor(index, value, size=(n, n), is_coalesced=True)
+    with warnings.catch_warnings():  # torch's "CSR support is in beta" notice, every run
+        warnings.filterwarnings('ignore', message='Sparse CSR tensor support is in beta')
+        return to_torch_csr_tensor(index, value, size=(n, n), is_coalesced=True)
 
 
 def adjacency_from_data(data: HeteroData) -> Tensor:

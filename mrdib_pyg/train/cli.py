@@ -10,9 +10,7 @@ import json
 import sys
 from typing import Any, Dict, List, Optional
 
-import yaml
-
-from mrdib_pyg.train.config import TrainConfig
+from mrdib_pyg.train.config import TrainConfig, parse_value
 
 HELP = {
     'dataset': "'synthetic' (embedded default, no download) or any AmazonMM name "
@@ -36,7 +34,7 @@ def _parse_kv(items: List[str], flag: str) -> Dict[str, Any]:
         if '=' not in item:
             raise SystemExit(f"{flag} expects KEY=VALUE (got '{item}')")
         key, value = item.split('=', 1)
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = parse_value(value)
     return out
 
 
@@ -109,7 +107,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     mode = f" + MRdIB ({cfg.ablation}{', replace' if cfg.replace else ''})" if cfg.mrdib else ''
     print(f"\n{cfg.model}{mode} on '{cfg.dataset}': {info['num_users']} users, "
           f"{info['num_items']} items, {info['num_train']} training interactions"
-          + (', GENERATED features' if info['generated_features'] else ''))
+          + (', GENERATED features' if info['generated_features']
+             and cfg.dataset != 'synthetic' else ''))
     print(f"best epoch {result.best_epoch} of {result.timings['epochs_run']} run; "
           f"median {result.timings['train_epoch_median_s']:.2f} s/epoch train, "
           f"{result.timings['eval_pass_median_s']:.2f} s/eval pass ({info['device']})")

@@ -4,7 +4,28 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
+import re
+
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    r"""YAML 1.1 reads ``1e-3`` (no dot) as a string; configs mean a float."""
+
+
+_Loader.add_implicit_resolver(
+    'tag:yaml.org,2002:float',
+    re.compile(r'''^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$''', re.X),
+    list('-+0123456789.'))
+
+
+def parse_value(text: str) -> Any:
+    r"""A command-line or YAML scalar as Python (``1e-3`` -> float, ``[1, 2]`` -> list)."""
+    return yaml.load(text, Loader=_Loader)
 
 
 @dataclass
@@ -67,7 +88,7 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str) -> 'TrainConfig':
         with open(path) as f:
-            values = yaml.safe_load(f) or {}
+            values = yaml.load(f, Loader=_Loader) or {}
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a mapping of option: value at the top level")
         return cls().update(values, source=path)

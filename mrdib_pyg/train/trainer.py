@@ -68,10 +68,9 @@ def build_mrdib(cfg: TrainConfig, model: Recommender) -> MRdIB:
     r"""An :class:`MRdIB` sized from one forward pass of :obj:`model`."""
     with torch.no_grad():
         out = model()
-    switches = MRdIB.ablation_switches(cfg.ablation)
-    return MRdIB.from_output(out, latent_dim=cfg.latent_dim, alpha1=cfg.alpha1,
-                             alpha2=cfg.alpha2, alpha3=cfg.alpha3,
-                             critic_hidden=cfg.critic_hidden, **switches)
+    return MRdIB.from_output(out, ablation=cfg.ablation, latent_dim=cfg.latent_dim,
+                             alpha1=cfg.alpha1, alpha2=cfg.alpha2, alpha3=cfg.alpha3,
+                             critic_hidden=cfg.critic_hidden)
 
 
 def enable_replace_mode(model: Recommender, mrdib: MRdIB) -> None:
@@ -157,7 +156,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         critic = list(self.mrdib.critic_parameters()) if self.mrdib is not None else []
         self.critic_optimizer = (torch.optim.Adam(critic, lr=cfg.critic_lr)
-                                 if critic and self.mrdib.use_redundant else None)
+                                 if critic and self.mrdib.computes_redundant else None)
         num_users, num_items = data[USER].num_nodes, data[ITEM].num_nodes
         self.sampler = BPRSampler(data[RATES].edge_index, num_users, num_items,
                                   batch_size=cfg.batch_size, seed=cfg.seed)
@@ -278,7 +277,7 @@ def run(cfg: TrainConfig, data: Optional[HeteroData] = None) -> TrainResult:
             enable_replace_mode(model, mrdib)
     elif cfg.replace:
         raise ValueError('replace=True needs mrdib=True')
-    if getattr(data, 'generated_features', False):
+    if getattr(data, 'generated_features', False) and cfg.dataset != 'synthetic':
         warnings.warn('This dataset carries GENERATED features (not the real image/text '
                       'features); report results as such', stacklevel=2)
     trainer = Trainer(model, data, cfg, mrdib)

@@ -1,0 +1,109 @@
+import json
+
+import pytest
+import torch
+
+from mrdib_pyg.data.synthetic import SyntheticMM
+from mrdib_pyg.train.cli import config_from_args, main
+from mrdib_pyg.train.config import TrainConfig
+from mrdib_pyg.train.trainer import EarlyStopping, Trainer, build_model, run
+
+SMALL = dict(num_users=120, num_items=80, image_dim=32, text_dim=16,
+             interactions_per_user=(5, 12), seed=1)
+
+
+@pytest.fixture(scope='module')
+def data():
+    return SyntheticMM(**SMALL)[0]
+
+
+def cfg(**kw):
+    base = dict(dataset='synthetic', dataset_args=SMALL, epochs=3, batch_size=256,
+                progress=False, device='cpu', seed=0)
+    base.update(kw)
+    return TrainConfig().update(base)
+
+
+def test_early_stopping_follows_mmrec():
+    s = EarlyStopping(patience=2)
+    assert s.step(0.10001, 0)
+    assert not s.step(0.10004, 1)  # equal after rounding to 4 decimals: no improvement
+    assert not s.step(0.1, 2)
+    assert not s.should_stop  # 2 bad epochs == patience: keep going
+    assert not s.step(0.09, 3)
+    assert s.should_stop  # the (patience + 1)-th consecutive bad epoch stops
+    assert s.best_epoch == 0
+
+
+@pytest.mark.parametrize('model', ['bprmf', 'lightgcn', 'vbpr'])
+def test_run_writes_results_and_checkpoint(tmp_path, data, model):
+    result = run(cfg(model=model, out_dir=str(tmp_path)), data=data)
+    saved = json.loads((tmp_path / 'results.json').read_text())
+    assert saved['best_epoch'] == result.best_epoch
+    assert len(saved['history']) == 3
+    assert set(saved['test_at_best']) >= {'Recall@20', 'NDCG@20', 'Precision@5', 'MAP@50'}
+    assert saved['config']['model'] == model
+    assert saved['timings']['train_epoch_median_s'] > 0
+    state = torch.load(tmp_path / 'best.pt', weights_only=False)
+    assert state['epoch'] == result.best_epoch
+    # The test metrics recorded at the best epoch are those of the saved weights.
+    trainer = Trainer(build_model(cfg(model=model), data), data, cfg(model=model))
+    trainer.load_best(str(tmp_path / 'best.pt'))
+    again = trainer.evaluate('test')
+    assert again['Recall@20'] == pytest.approx(result.test_at_best['Recall@20'], abs=1e-6)
+
+
+def test_training_improves_over_random_init(data):
+    c = cfg(model='lightgcn', epochs=15, lr=1e-2)
+    trainer = Trainer(build_model(c, data), data, c)
+    before = trainer.evaluate('val')['Recall@20']
+    result = trainer.fit()
+    assert result.best_valid['Recall@20'] > before + 0.02
+    losses = [h['loss']['loss'] for h in result.history]
+    assert losses[-1] < losses[0]
+
+
+def test_same_seed_same_result(data):
+    a = run(cfg(model='vbpr'), data=data)
+    b = run(cfg(model='vbpr'), data=data)
+    assert a.test_at_best == b.test_at_best
+
+
+def test_unknown_options_fail_loudly(tmp_path):
+    with pytest.raises(KeyError, match='learning_rate'):
+        TrainConfig().update({'learning_rate': 0.1})
+    bad = tmp_path / 'c.yaml'
+    bad.write_text('epochs: 3\nlearnig_rate: 0.1\n')
+    with pytest.raises(KeyError, match=str(bad)):
+        TrainConfig.from_yaml(str(bad))
+    with pytest.raises(KeyError, match='Unknown model'):
+        build_model(cfg(model='nope'), None)
+
+
+def test_cli_precedence(tmp_path):
+    f = tmp_path / 'c.yaml'
+    f.write_text('epochs: 7\nlr: 0.01\nmodel_args: {num_layers: 3}\n')
+    c, _ = config_from_args(['--config', str(f), '--lr', '0.002', '--model-arg', 'reg_weight=1e-3',
+                             '--no-progress', '--topk', '5', '20'])
+    assert c.epochs == 7 and c.lr == 0.002 and c.progress is False
+    assert c.model_args == {'num_layers': 3, 'reg_weight': 1e-3}
+    assert c.topk == (5, 20)
+
+
+def test_cli_main_prints_metrics_table(capsys, tmp_path):
+    args = ['--epochs', '2', '--batch-size', '512', '--no-progress', '--device', 'cpu',
+            '--out-dir', str(tmp_path)]
+    for k, v in SMALL.items():
+        args += ['--dataset-arg', f'{k}={list(v) if isinstance(v, tuple) else v}']
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert 'Recall' in text and 'NDCG' in text and '@20' in text
+    assert (tmp_path / 'results.json').exists()
+
+
+def test_multimodal_backbone_without_features_is_refused():
+    from mrdib_pyg.data.schema import build_heterodata
+    ei = torch.tensor([[0, 1], [0, 1]])
+    bare = build_heterodata(2, 2, ei, ei, ei, {})
+    with pytest.raises(ValueError, match='generated-features'):
+        build_model(cfg(model='vbpr'), bare)
