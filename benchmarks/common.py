@@ -1,0 +1,62 @@
+r"""Shared helpers of the benchmark scripts (not part of the library)."""
+import json
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_BABY = REPO.parent / 'shared' / 'data' / 'amazon-baby'
+RESULTS = REPO / 'benchmarks' / 'results'
+
+
+def load_baby(root: Path = REPO / 'datasets', generated: bool = True):
+    r"""The real Amazon Baby interactions of ``../shared/data/amazon-baby`` (copied under
+    :obj:`root`, never written in place) with GENERATED features of the real shapes
+    (4096 image / 384 text) when :obj:`generated`. Exits cleanly when the folder is absent."""
+    from mrdib_pyg.data import AmazonMM, attach_generated_features
+    if not SHARED_BABY.exists():
+        print(f'skipped: {SHARED_BABY} is absent')
+        sys.exit(0)
+    raw = root / 'baby-shared' / 'raw'
+    raw.mkdir(parents=True, exist_ok=True)
+    for f in SHARED_BABY.glob('*.json'):
+        if not (raw / f.name).exists():
+            shutil.copy(f, raw / f.name)
+    data = AmazonMM(str(root), 'baby-shared')[0]
+    if generated:
+        data = attach_generated_features(data, seed=0)
+    return data
+
+
+def machine() -> Dict[str, str]:
+    return {'python': platform.python_version(), 'torch': torch.__version__,
+            'threads': str(torch.get_num_threads()), 'cpu_count': str(os.cpu_count()),
+            'device': 'cuda:' + torch.cuda.get_device_name() if torch.cuda.is_available()
+            else 'cpu'}
+
+
+def print_table(rows: List[Dict], columns: List[str]) -> None:
+    widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]
+    print('  '.join(c.ljust(w) for c, w in zip(columns, widths)))
+    for r in rows:
+        print('  '.join(_fmt(r.get(c)).ljust(w) for c, w in zip(columns, widths)))
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f'{v:.4f}'
+    return '' if v is None else str(v)
+
+
+def write_json(name: str, payload: Dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    with open(path, 'w') as f:
+        json.dump(payload, f, indent=1)
+    print(f'wrote {path.relative_to(REPO)}')
+    return path
