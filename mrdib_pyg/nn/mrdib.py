@@ -1,0 +1,391 @@
+r"""MRdIB: the Multimodal Representation-disentangled Information Bottleneck plug-in."""
+import itertools
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn import Parameter
+
+from mrdib_pyg.nn.loss import bpr_loss
+from mrdib_pyg.nn.mine import MINECritic
+from mrdib_pyg.nn.output import BPRBatch, RecOutput
+
+
+@dataclass
+class MRdIBOutput:
+    r"""What :meth:`MRdIB.forward` returns.
+
+    Args:
+        loss (Tensor): scalar :math:`\mathcal{L}_{MIB} + \alpha_2 \hat{I}_{DV}
+            + \alpha_3 \mathcal{L}_U` over the computed terms, to *add* to the backbone's loss.
+        terms (dict): the unweighted terms, each a scalar: :obj:`'synergy'` (fused BPR, the
+            first term of :math:`\mathcal{L}_{MIB}`), :obj:`'kl'`, :obj:`'unique'` and
+            :obj:`'redundant'` (the plain Donsker–Varadhan value summed over modality pairs, an
+            MI estimate in nats). A switched-off term is absent.
+        z (dict): modality :math:`\rightarrow` :obj:`[B, latent_dim]` sampled :math:`z_m` of
+            the batch's positive items (rows aligned with :obj:`batch.pos`; the means in
+            evaluation mode). These are the pairs the redundant term uses.
+        z_neg (dict): the same for the negative items.
+    """
+    loss: Tensor
+    terms: Dict[str, Tensor]
+    z: Dict[str, Tensor]
+    z_neg: Dict[str, Tensor] = field(default_factory=dict)
+
+
+_EMPTY_DICT = nn.ModuleDict()
+
+
+def _key(name: str) -> str:
+    r"""A :class:`~torch.nn.ModuleDict` key for any modality name: '.' is not allowed in
+    keys and '|' joins pair keys, so both are %-escaped (with '%' itself); a name that would
+    shadow a :class:`~torch.nn.ModuleDict` attribute (e.g. 'type') gets a leading '%'."""
+    key = name.replace('%', '%25').replace('.', '%2E').replace('|', '%7C')
+    if not key or hasattr(_EMPTY_DICT, key):
+        key = '%' + key
+    return key
+
+
+def _kl_std_normal(mu: Tensor, logvar: Tensor) -> Tensor:
+    r""":math:`\mathrm{KL}(\mathcal{N}(\mu, \mathrm{diag}\,\sigma^2) \,\|\, \mathcal{N}(0, I))`
+    per row, summed over the last dimension."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+
+
+class MRdIB(nn.Module):
+    r"""The Multimodal Representation-disentangled Information Bottleneck from the
+    `"Multimodal Representation-disentangled Information Bottleneck for Multimodal
+    Recommendation" <https://arxiv.org/abs/2509.20225>`_ paper (Wang et al., 2025): a
+    training-only plug-in that attaches to a backbone's per-modality representations
+    (:attr:`~mrdib_pyg.nn.output.RecOutput.modalities`) and returns extra loss terms.
+
+    For every modality :math:`m` (any names, at least two) with item representation
+    :math:`x_m` a variational encoder gives
+
+    .. math::
+        q(z_m \mid x_m) = \mathcal{N}\big(\mu_m(x_m), \mathrm{diag}\,
+        e^{\ell_m(x_m)}\big), \qquad
+        [\mu_m \,\|\, \ell_m] = \mathrm{Enc}_m(x_m) \in \mathbb{R}^{2d},
+
+    sampled as :math:`z_m = \mu_m + e^{\ell_m/2} \odot \epsilon` in training and
+    :math:`z_m = \mu_m` in evaluation. On a batch of BPR triples :math:`(u, i^+, i^-)`, with
+    :math:`\mathrm{BPR}(s^+, s^-) = -\overline{\log \sigma(s^+ - s^-)}`:
+
+    * **Unique** (one predictor per modality):
+      :math:`\mathcal{L}_U = \sum_m \mathrm{BPR}(\langle u_m, z_m^{i^+}\rangle,
+      \langle u_m, z_m^{i^-}\rangle)`, where :math:`u_m = P_m\,U_m[u]` is the modality's
+      user table (:meth:`RecOutput.modality_user_table`) mapped by a linear :math:`P_m` to
+      :math:`d` when its width differs (the identity otherwise).
+    * **Synergy** (fused predictor): :math:`\mathcal{L}_S = \mathrm{BPR}(\langle \bar u,
+      g(z^{i^+})\rangle, \langle \bar u, g(z^{i^-})\rangle)` with
+      :math:`g = \mathrm{Lin} \circ \mathrm{ReLU} \circ \mathrm{Lin}` on
+      :math:`[z_1 \,\|\, \dots \,\|\, z_M]` and :math:`\bar u = \frac{1}{M}\sum_m u_m`.
+    * **MIB**: :math:`\mathcal{L}_{MIB} = \mathcal{L}_S + \alpha_1 \sum_m
+      \overline{\mathrm{KL}}\big(q(z_m|x_m) \,\|\, \mathcal{N}(0, I)\big)`, with
+      :math:`\mathrm{KL} = \frac12 \sum_k (\mu_k^2 + e^{\ell_k} - 1 - \ell_k)` averaged over the
+      *unique* items of the batch (:math:`i^+ \cup i^-`).
+    * **Redundant** (MINE, Donsker–Varadhan): over the positive items, for every modality pair
+      :math:`a < b` with its own critic :math:`T_{ab}` (2-layer MLP on
+      :math:`[z_a \,\|\, z_b]`),
+
+      .. math::
+          \hat{I}_{DV} = \sum_{a<b} \overline{T_{ab}(z_a^{i}, z_b^{i})}
+          - \log \overline{\exp T_{ab}(z_a^{i}, z_b^{\pi(i)})},
+
+      :math:`\pi` a random permutation of the batch (marginal pairs).
+
+    The total, to be added to the backbone's loss, is
+
+    .. math::
+        \mathcal{L}_{MRdIB} = \mathcal{L}_{MIB} + \alpha_2 \hat{I}_{DV} + \alpha_3 \mathcal{L}_U .
+
+    **Adversarial training.** The encoders *minimise* :math:`\hat{I}_{DV}` through
+    :obj:`loss`, in which the critics act as constants (their parameters are detached, so
+    :obj:`loss.backward()` leaves every critic gradient :obj:`None`). The critics *maximise* it
+    with their own optimiser on :meth:`critic_parameters`, minimising :meth:`critic_step_loss`
+    on detached :math:`z`, with MINE's moving-average correction of the log-partition gradient.
+    Per batch: (1) critic step, (2) main step on :obj:`L_backbone + out.loss` with the optimiser
+    built on :meth:`main_parameters`.
+
+    Nothing of MRdIB runs at prediction time. :meth:`encode` returns the posterior means for
+    probes and for backbones that opt into "replace mode" through their own hook.
+
+    Our choices (where the paper leaves details open):
+
+    * the fused predictor's user side is the mean of the mapped per-modality users
+      :math:`\bar u` (no extra map of :obj:`RecOutput.user`);
+    * :obj:`use_mib=False` (the paper's "w/o MIB", :math:`\alpha_1 = 0`) drops the KL term
+      only; :math:`\mathcal{L}_S` stays (it is also the synergistic objective) and the encoders
+      still sample;
+    * a switched-off term (switch off, or its :math:`\alpha = 0`) is not computed at all and is
+      absent from :obj:`terms`; the synergy term is always on;
+    * the redundant term is summed over all modality pairs; the critics are always built (so
+      a trainer can always build their optimiser) but never called when the term is off;
+    * a same item appearing as positive and negative in a batch shares one sample of
+      :math:`z_m`.
+
+    Args:
+        modality_dims (Dict[str, int]): modality name :math:`\rightarrow` width of its item
+            representation :math:`x_m`.
+        user_dims (Dict[str, int]): modality name :math:`\rightarrow` width of its user table.
+        latent_dim (int, optional): :math:`d`. (default: :obj:`64`)
+        alpha1 (float, optional): KL weight. (default: :obj:`0.005`)
+        alpha2 (float, optional): redundant (DV) weight. (default: :obj:`0.05`)
+        alpha3 (float, optional): unique weight. (default: :obj:`0.005`)
+        critic_hidden (int, optional): hidden width of each critic. (default: :obj:`128`)
+        fusion_hidden (int, optional): hidden width of the fusion MLP
+            (:obj:`None`: :obj:`latent_dim`). (default: :obj:`None`)
+        ema_decay (float, optional): decay of MINE's moving average. (default: :obj:`0.99`)
+        use_mib (bool, optional): compute the KL term. (default: :obj:`True`)
+        use_redundant (bool, optional): compute the redundant term. (default: :obj:`True`)
+        use_unique (bool, optional): compute the unique term. (default: :obj:`True`)
+        encoder_hidden (int, optional): hidden width of an MLP encoder; :obj:`None` gives a
+            single :class:`~torch.nn.Linear` to :math:`2d`. (default: :obj:`None`)
+    """
+    #: Named ablations of the paper's Table 2, see :meth:`ablation`.
+    ABLATIONS = frozenset({'full', 'wo_mib', 'wo_redundant', 'wo_unique', 'mib_only'})
+    _ABLATION_SWITCHES = {
+        'full': dict(use_mib=True, use_redundant=True, use_unique=True),
+        'wo_mib': dict(use_mib=False, use_redundant=True, use_unique=True),
+        'wo_redundant': dict(use_mib=True, use_redundant=False, use_unique=True),
+        'wo_unique': dict(use_mib=True, use_redundant=True, use_unique=False),
+        'mib_only': dict(use_mib=True, use_redundant=False, use_unique=False),
+    }
+
+    def __init__(self, modality_dims: Dict[str, int], user_dims: Dict[str, int],
+                 latent_dim: int = 64, alpha1: float = 0.005, alpha2: float = 0.05,
+                 alpha3: float = 0.005, critic_hidden: int = 128,
+                 fusion_hidden: Optional[int] = None, ema_decay: float = 0.99,
+                 use_mib: bool = True, use_redundant: bool = True, use_unique: bool = True,
+                 encoder_hidden: Optional[int] = None):
+        super().__init__()
+        name = self.__class__.__name__
+        self.modalities: List[str] = list(modality_dims)
+        if len(self.modalities) < 2:
+            raise ValueError(f"{name} needs at least 2 modalities, got "
+                             f"{len(self.modalities)}: {self.modalities}")
+        if set(user_dims) != set(self.modalities):
+            raise ValueError(f"{name}: user_dims keys {sorted(user_dims)} must equal the "
+                             f"modality_dims keys {sorted(self.modalities)}")
+        for key, value in (('alpha1', alpha1), ('alpha2', alpha2), ('alpha3', alpha3)):
+            if value < 0:
+                raise ValueError(f"{name}: {key} must be >= 0, got {value}")
+        self.modality_dims = {m: int(modality_dims[m]) for m in self.modalities}
+        self.user_dims = {m: int(user_dims[m]) for m in self.modalities}
+        self.latent_dim = int(latent_dim)
+        self.alpha1, self.alpha2, self.alpha3 = float(alpha1), float(alpha2), float(alpha3)
+        self.critic_hidden = int(critic_hidden)
+        self.fusion_hidden = int(fusion_hidden or latent_dim)
+        self.encoder_hidden = encoder_hidden
+        self.ema_decay = float(ema_decay)
+        self.use_mib, self.use_redundant, self.use_unique = use_mib, use_redundant, use_unique
+        d = self.latent_dim
+
+        def encoder(d_in: int) -> nn.Module:
+            if encoder_hidden is None:
+                return nn.Linear(d_in, 2 * d)
+            return nn.Sequential(nn.Linear(d_in, encoder_hidden), nn.ReLU(),
+                                 nn.Linear(encoder_hidden, 2 * d))
+
+        self.encoders = nn.ModuleDict({_key(m): encoder(self.modality_dims[m])
+                                       for m in self.modalities})
+        self.user_maps = nn.ModuleDict({
+            _key(m): nn.Identity() if self.user_dims[m] == d
+            else nn.Linear(self.user_dims[m], d) for m in self.modalities})
+        self.fusion = nn.Sequential(nn.Linear(len(self.modalities) * d, self.fusion_hidden),
+                                    nn.ReLU(), nn.Linear(self.fusion_hidden, d))
+        self.pairs: List[Tuple[str, str]] = list(itertools.combinations(self.modalities, 2))
+        self.critics = nn.ModuleDict({
+            f'{_key(a)}|{_key(b)}': MINECritic(d, d, self.critic_hidden, self.ema_decay)
+            for a, b in self.pairs})
+        self.reset_parameters()
+
+    def encoder(self, m: str) -> nn.Module:
+        r"""The variational encoder of modality :obj:`m` (outputs :math:`[\mu \,\|\, \ell]`)."""
+        return self.encoders[_key(m)]
+
+    def user_map(self, m: str) -> nn.Module:
+        r"""The map of modality :obj:`m`'s user table to the latent size."""
+        return self.user_maps[_key(m)]
+
+    def critic(self, a: str, b: str) -> MINECritic:
+        r"""The critic of modality pair :obj:`(a, b)` (in :attr:`modalities` order)."""
+        return self.critics[f'{_key(a)}|{_key(b)}']
+
+    def reset_parameters(self):
+        for module in self.modules():
+            if module is not self and hasattr(module, 'reset_parameters'):
+                module.reset_parameters()
+
+    # -- construction helpers -------------------------------------------------------------
+    @classmethod
+    def ablation(cls, name: str) -> Dict[str, bool]:
+        r"""The switches :obj:`use_mib`, :obj:`use_redundant`, :obj:`use_unique` of a named
+        ablation: :obj:`'full'`, :obj:`'wo_mib'` (:math:`\alpha_1=0`), :obj:`'wo_redundant'`
+        (:math:`\alpha_2=0`), :obj:`'wo_unique'` (:math:`\alpha_3=0`), :obj:`'mib_only'`
+        (:math:`\alpha_2=\alpha_3=0`)."""
+        if name not in cls._ABLATION_SWITCHES:
+            raise ValueError(f"{cls.__name__}: unknown ablation '{name}', expected one of "
+                             f"{sorted(cls.ABLATIONS)}")
+        return dict(cls._ABLATION_SWITCHES[name])
+
+    @classmethod
+    def from_output(cls, out: RecOutput, ablation: Optional[str] = None, **kwargs) -> 'MRdIB':
+        r"""Builds the module for a backbone from one of its outputs (widths, and the device
+        and dtype of its modality tables). :obj:`ablation` names a switch set
+        (:meth:`ablation`); other keyword arguments go to the constructor."""
+        n = len(out.modalities)
+        if n < 2:
+            raise ValueError(
+                f"{cls.__name__} needs a backbone with per-modality outputs (>= 2 modalities); "
+                f"got {n}{' (' + ', '.join(out.modalities) + ')' if n else ''} — ID-only "
+                f"backbones such as LightGCN and BPR-MF cannot use it")
+        if ablation is not None:
+            for key, value in cls.ablation(ablation).items():
+                if key in kwargs and kwargs[key] != value:
+                    raise ValueError(f"{cls.__name__}: ablation '{ablation}' sets {key}={value} "
+                                     f"but {key}={kwargs[key]} was also given")
+                kwargs[key] = value
+        modality_dims = {m: mo.item.size(-1) for m, mo in out.modalities.items()}
+        user_dims = {m: out.modality_user_table(m).size(-1) for m in out.modalities}
+        first = next(iter(out.modalities.values())).item
+        module = cls(modality_dims, user_dims, **kwargs)
+        dtype = first.dtype if first.is_floating_point() else None
+        return module.to(device=first.device, dtype=dtype)
+
+    # -- which terms run ------------------------------------------------------------------
+    @property
+    def computes_kl(self) -> bool:
+        return self.use_mib and self.alpha1 > 0
+
+    @property
+    def computes_redundant(self) -> bool:
+        return self.use_redundant and self.alpha2 > 0
+
+    @property
+    def computes_unique(self) -> bool:
+        return self.use_unique and self.alpha3 > 0
+
+    @property
+    def active_terms(self) -> List[str]:
+        r"""Keys :meth:`forward` puts into :obj:`terms`."""
+        terms = ['synergy']
+        if self.computes_kl:
+            terms.append('kl')
+        if self.computes_unique:
+            terms.append('unique')
+        if self.computes_redundant:
+            terms.append('redundant')
+        return terms
+
+    # -- parameters -----------------------------------------------------------------------
+    def critic_parameters(self) -> Iterator[Parameter]:
+        r"""The critics' parameters: for the critic optimiser only."""
+        return self.critics.parameters()
+
+    def main_parameters(self) -> Iterator[Parameter]:
+        r"""Every parameter except the critics': for the main optimiser (with the
+        backbone's)."""
+        critic_ids = {id(p) for p in self.critic_parameters()}
+        return (p for p in self.parameters() if id(p) not in critic_ids)
+
+    # -- encoding -------------------------------------------------------------------------
+    def _check(self, out: RecOutput):
+        if set(out.modalities) != set(self.modalities):
+            raise ValueError(f"{self.__class__.__name__} was built for modalities "
+                             f"{self.modalities}, the output has {list(out.modalities)}")
+
+    def _posterior(self, m: str, x: Tensor) -> Tuple[Tensor, Tensor]:
+        mu, logvar = self.encoder(m)(x).chunk(2, dim=-1)
+        return mu, logvar
+
+    def encode(self, out: RecOutput, items: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        r"""Posterior means :math:`\mu_m` of :obj:`items` (all items when :obj:`None`),
+        :obj:`[N, latent_dim]` per modality, whatever the mode. Not wrapped in
+        :obj:`no_grad`: a replace-mode backbone trains through it."""
+        self._check(out)
+        res = {}
+        for m in self.modalities:
+            x = out.modalities[m].item
+            res[m] = self._posterior(m, x if items is None else x[items])[0]
+        return res
+
+    def _sample_batch(self, out: RecOutput, batch: BPRBatch, with_kl: bool,
+                      positives_only: bool = False):
+        r"""Samples :math:`z_m` once per unique batch item; returns positives' and negatives'
+        rows and the summed per-modality KL averaged over the unique items."""
+        B = batch.pos.numel()
+        items = batch.pos if positives_only else torch.cat([batch.pos, batch.neg])
+        uniq, inverse = torch.unique(items, return_inverse=True)
+        z_pos, z_neg, kl = {}, {}, None
+        for m in self.modalities:
+            mu, logvar = self._posterior(m, out.modalities[m].item[uniq])
+            if self.training:
+                z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+            else:
+                z = mu
+            z_pos[m] = z[inverse[:B]]
+            if not positives_only:
+                z_neg[m] = z[inverse[B:]]
+            if with_kl:
+                kl_m = _kl_std_normal(mu, logvar).mean()
+                kl = kl_m if kl is None else kl + kl_m
+        return z_pos, z_neg, kl
+
+    # -- losses ---------------------------------------------------------------------------
+    def forward(self, out: RecOutput, batch: BPRBatch) -> MRdIBOutput:
+        r"""The MRdIB loss terms on a batch. Call in training only."""
+        self._check(out)
+        z_pos, z_neg, kl = self._sample_batch(out, batch, with_kl=self.computes_kl)
+        users = {m: self.user_map(m)(out.modality_user_table(m)[batch.users])
+                 for m in self.modalities}
+        terms: Dict[str, Tensor] = {}
+
+        u_bar = torch.stack([users[m] for m in self.modalities]).mean(0)
+        f_pos = self.fusion(torch.cat([z_pos[m] for m in self.modalities], dim=-1))
+        f_neg = self.fusion(torch.cat([z_neg[m] for m in self.modalities], dim=-1))
+        terms['synergy'] = bpr_loss((u_bar * f_pos).sum(-1), (u_bar * f_neg).sum(-1))
+        loss = terms['synergy']
+
+        if kl is not None:
+            terms['kl'] = kl
+            loss = loss + self.alpha1 * kl
+        if self.computes_unique:
+            terms['unique'] = sum(
+                bpr_loss((users[m] * z_pos[m]).sum(-1), (users[m] * z_neg[m]).sum(-1))
+                for m in self.modalities)
+            loss = loss + self.alpha3 * terms['unique']
+        if self.computes_redundant:
+            # critics as constants: the encoders descend the bound, the critics get no grad
+            terms['redundant'] = sum(self.critic(a, b).dv(z_pos[a], z_pos[b],
+                                                          detach_params=True)
+                                     for a, b in self.pairs)
+            loss = loss + self.alpha2 * terms['redundant']
+        return MRdIBOutput(loss=loss, terms=terms, z=z_pos, z_neg=z_neg)
+
+    def critic_step_loss(self, out: RecOutput, batch: BPRBatch,
+                         z: Optional[Dict[str, Tensor]] = None) -> Optional[Tensor]:
+        r"""The loss the critic optimiser minimises: :math:`-\hat{I}_{DV}` summed over
+        modality pairs on *detached* :math:`z` of the positive items, with MINE's
+        moving-average-corrected gradient (each call updates the moving averages once).
+        :obj:`None` when the redundant term is off (nothing is computed).
+
+        Args:
+            z (dict, optional): reuse these positive-item samples (e.g. a previous
+                :obj:`MRdIBOutput.z`) instead of encoding the batch again.
+        """
+        if not self.computes_redundant:
+            return None
+        if z is None:
+            self._check(out)
+            with torch.no_grad():
+                z = self._sample_batch(out, batch, with_kl=False, positives_only=True)[0]
+        return sum(self.critic(a, b).mine_loss(z[a].detach(), z[b].detach())
+                   for a, b in self.pairs)
+
+    def extra_repr(self) -> str:
+        mods = ', '.join(f'{m}: {self.modality_dims[m]}' for m in self.modalities)
+        return (f'modalities={{{mods}}}, latent_dim={self.latent_dim}, '
+                f'alpha1={self.alpha1}, alpha2={self.alpha2}, alpha3={self.alpha3}, '
+                f'terms={self.active_terms}')
