@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_baby, machine, print_table, write_json  # noqa: E402
 
@@ -25,8 +27,11 @@ def main():
     p.add_argument('--patience', type=int, default=20)
     p.add_argument('--seed', type=int, default=999)
     p.add_argument('--device', default='auto')
+    p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch)')
     p.add_argument('--out', default='baseline_baby.json')
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     data = load_baby()
     rows = []
     for model in args.models:

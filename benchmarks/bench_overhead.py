@@ -1,0 +1,80 @@
+r"""MRdIB's cost: seconds per training epoch and per evaluation pass, VBPR with and without
+MRdIB (and replace mode's evaluation cost apart), on the real Amazon Baby interactions with
+GENERATED features of the real shapes (4096 image / 384 text).
+
+Epochs of the variants are interleaved (bare, plug-in, replace, bare, ...) so that all see
+the same machine load; the table gives medians over --epochs epochs and ratios to the bare
+backbone measured in this one run.
+
+    python benchmarks/bench_overhead.py --epochs 5
+"""
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import load_baby, machine, print_table, write_json  # noqa: E402
+
+from mrdib_pyg.train.config import TrainConfig  # noqa: E402
+from mrdib_pyg.train.trainer import (Trainer, build_model, build_mrdib,  # noqa: E402
+                                     enable_replace_mode, seed_everything)
+
+
+def make(data, model_name, mode, device):
+    cfg = TrainConfig().update(dict(dataset='baby-shared', model=model_name, progress=False,
+                                    device=device, mrdib=mode != 'bare',
+                                    replace=mode == 'replace'))
+    seed_everything(0)
+    model = build_model(cfg, data)
+    mrdib = None
+    if cfg.mrdib:
+        mrdib = build_mrdib(cfg, model)
+        if cfg.replace:
+            enable_replace_mode(model, mrdib)
+    return Trainer(model, data, cfg, mrdib)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument('--model', default='vbpr')
+    p.add_argument('--epochs', type=int, default=5)
+    p.add_argument('--threads', type=int, default=None)
+    p.add_argument('--device', default='auto')
+    p.add_argument('--modes', nargs='+', default=['bare', 'mrdib', 'replace'])
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = load_baby()
+    trainers = {m: make(data, args.model, m, args.device) for m in args.modes}
+    train_s = {m: [] for m in args.modes}
+    eval_s = {m: [] for m in args.modes}
+    for epoch in range(args.epochs):
+        for mode, tr in trainers.items():
+            t = time.perf_counter()
+            tr.train_epoch(epoch)
+            train_s[mode].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            tr.evaluate('val')
+            eval_s[mode].append(time.perf_counter() - t)
+        print(f'epoch {epoch}: ' + ', '.join(f'{m} {train_s[m][-1]:.2f}s/{eval_s[m][-1]:.2f}s'
+                                             for m in args.modes), flush=True)
+    rows = []
+    base_t, base_e = statistics.median(train_s['bare']), statistics.median(eval_s['bare'])
+    for mode in args.modes:
+        t, e = statistics.median(train_s[mode]), statistics.median(eval_s[mode])
+        rows.append({'variant': mode, 'train_s_per_epoch': t, 'train_vs_bare': t / base_t,
+                     'eval_s_per_pass': e, 'eval_vs_bare': e / base_e})
+    print(f'\n{args.model} on Amazon Baby (GENERATED features), medians of {args.epochs} '
+          f'interleaved epochs, {torch.get_num_threads()} thread(s)')
+    print_table(rows, list(rows[0]))
+    write_json(f'overhead_{args.model}.json', {
+        'dataset': 'amazon-baby (shared split), generated features', 'machine': machine(),
+        'args': vars(args), 'rows': rows, 'train_s': train_s, 'eval_s': eval_s})
+
+
+if __name__ == '__main__':
+    main()
