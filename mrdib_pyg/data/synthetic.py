@@ -272,10 +272,13 @@ class SyntheticMM(InMemoryDataset):
     + data['item'].popularity`.
 
     **Defaults.** 1,000 users, 500 items and 10 to 30 interactions per user
-    give about 20k interactions (16k training): LightGCN / VBPR show a clear
-    signal within seconds on two CPU cores. The temperature :math:`T = 0.5`
-    makes preference dominate the draw, while the popularity term keeps a
-    long tail of rarely seen (cold-ish) items where features help.
+    give about 20k interactions (16k training), built in under a second.
+    Test Recall@20 measured on them: random 0.04, popularity 0.18, the oracle
+    affinity 0.59; VBPR reaches 0.24 after 20 epochs (~20 s on two CPU
+    cores). The temperature :math:`T = 0.5` makes preference dominate the
+    draw (:math:`T = 0.25` widens the gap to popularity: oracle 0.86,
+    popularity 0.23), while the popularity term keeps a long tail of rarely
+    seen (cold-ish) items where features help.
 
     **STATS** (defaults):
 
