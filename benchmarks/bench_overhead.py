@@ -20,22 +20,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_baby, machine, print_table, write_json  # noqa: E402
 
 from mrdib_pyg.train.config import TrainConfig  # noqa: E402
-from mrdib_pyg.train.trainer import (Trainer, build_model, build_mrdib,  # noqa: E402
-                                     enable_replace_mode, seed_everything)
+from mrdib_pyg.train.trainer import build_trainer  # noqa: E402
 
 
 def make(data, model_name, mode, device):
-    cfg = TrainConfig().update(dict(dataset='baby-shared', model=model_name, progress=False,
-                                    device=device, mrdib=mode != 'bare',
-                                    replace=mode == 'replace'))
-    seed_everything(0)
-    model = build_model(cfg, data)
-    mrdib = None
-    if cfg.mrdib:
-        mrdib = build_mrdib(cfg, model)
-        if cfg.replace:
-            enable_replace_mode(model, mrdib)
-    return Trainer(model, data, cfg, mrdib)
+    return build_trainer(TrainConfig().update(dict(
+        dataset='baby-shared', model=model_name, progress=False, device=device, seed=0,
+        mrdib=mode != 'bare', replace=mode == 'replace')), data)
 
 
 def main():

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='mrdib-train',
         description='Train a multimodal recommender (optionally with MRdIB) and report '
-                    'full-ranking metrics. With no arguments: LightGCN on the embedded '
+                    'full-ranking metrics. With no arguments: VBPR on the embedded '
                     'SyntheticMM dataset.')
     p.add_argument('--config', help='YAML file of options (overridden by flags)')
     p.add_argument('--model-arg', action='append', metavar='KEY=VALUE',

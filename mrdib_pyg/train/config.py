@@ -42,7 +42,7 @@ class TrainConfig:
     generated_features: bool = False  # attach generated features when a dataset has none
     fill_missing: str = 'keep'
     # model
-    model: str = 'lightgcn'
+    model: str = 'vbpr'
     model_args: Dict[str, Any] = field(default_factory=dict)
     # optimisation
     epochs: int = 1000

@@ -264,11 +264,10 @@ class Trainer:
         return state['epoch']
 
 
-def run(cfg: TrainConfig, data: Optional[HeteroData] = None) -> TrainResult:
-    r"""Load data, build the model (and MRdIB), train, and write ``results.json`` to
-    :obj:`cfg.out_dir` when set. Returns the :class:`TrainResult`."""
+def build_trainer(cfg: TrainConfig, data: HeteroData) -> Trainer:
+    r"""Seed, then build the backbone (and MRdIB, in replace mode if asked) and its
+    :class:`Trainer`."""
     seed_everything(cfg.seed)
-    data = load_data(cfg) if data is None else data
     model = build_model(cfg, data)
     mrdib = None
     if cfg.mrdib:
@@ -277,11 +276,18 @@ def run(cfg: TrainConfig, data: Optional[HeteroData] = None) -> TrainResult:
             enable_replace_mode(model, mrdib)
     elif cfg.replace:
         raise ValueError('replace=True needs mrdib=True')
+    return Trainer(model, data, cfg, mrdib)
+
+
+def run(cfg: TrainConfig, data: Optional[HeteroData] = None) -> TrainResult:
+    r"""Load data, build the model (and MRdIB), train, and write ``results.json`` to
+    :obj:`cfg.out_dir` when set. Returns the :class:`TrainResult`."""
+    seed_everything(cfg.seed)
+    data = load_data(cfg) if data is None else data
     if getattr(data, 'generated_features', False) and cfg.dataset != 'synthetic':
         warnings.warn('This dataset carries GENERATED features (not the real image/text '
                       'features); report results as such', stacklevel=2)
-    trainer = Trainer(model, data, cfg, mrdib)
-    result = trainer.fit()
+    result = build_trainer(cfg, data).fit()
     if cfg.out_dir:
         os.makedirs(cfg.out_dir, exist_ok=True)
         path = os.path.join(cfg.out_dir, 'results.json')
