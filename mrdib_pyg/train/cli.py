@@ -7,6 +7,7 @@ defaults < ``--config file.yaml`` < command-line flags. ``--model-arg k=v`` and
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from typing import Any, Dict, List, Optional
 
@@ -98,7 +99,16 @@ def format_table(result) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     cfg, args = config_from_args(argv)
     from mrdib_pyg.train.trainer import run  # heavy imports after argument errors
-    result = run(cfg)
+    try:
+        result = run(cfg)
+    except (ValueError, KeyError, RuntimeError, FileNotFoundError, ImportError) as err:
+        # Input and configuration errors carry their own explanation; a traceback of the
+        # library's internals would only bury it (MRDIB_TRACEBACK=1 shows it anyway).
+        if os.environ.get('MRDIB_TRACEBACK'):
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f'mrdib-train: error: {message}', file=sys.stderr)
+        return 2
     if args.json:
         json.dump(result.to_dict(), sys.stdout, indent=1)
         print()

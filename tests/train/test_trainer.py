@@ -107,3 +107,10 @@ def test_multimodal_backbone_without_features_is_refused():
     bare = build_heterodata(2, 2, ei, ei, ei, {})
     with pytest.raises(ValueError, match='generated-features'):
         build_model(cfg(model='vbpr'), bare)
+
+
+def test_cli_reports_input_errors_without_traceback(capsys, tmp_path):
+    assert main(['--dataset', 'mydata', '--root', str(tmp_path), '--no-progress']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('mrdib-train: error:') and str(tmp_path / 'mydata' / 'raw') in err
+    assert 'Traceback' not in err
