@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Any, Dict, List, Optional
 
-from mrdib_pyg.train.config import TrainConfig, parse_value
+from mrdib_pyg.train.config import DATASET_PRESETS, TrainConfig, parse_value
 
 HELP = {
     'dataset': "'synthetic' (embedded default, no download) or any AmazonMM name "
@@ -72,9 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(argv: Optional[List[str]] = None) -> (TrainConfig, argparse.Namespace):
     args = build_parser().parse_args(argv)
-    cfg = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
+    from_file = TrainConfig.from_yaml(args.config) if args.config else None
     flags = {k: v for k, v in vars(args).items()
              if k in TrainConfig.field_names() and v is not None}
+    dataset = flags.get('dataset', from_file.dataset if from_file else TrainConfig.dataset)
+    # defaults < dataset preset < --config file < flags
+    cfg = TrainConfig().update(DATASET_PRESETS.get(dataset, {}), source='dataset preset')
+    if from_file is not None:
+        cfg.update(TrainConfig.read_yaml(args.config), source=args.config)
     cfg.update(flags, source='command line')
     if args.model_arg:
         cfg.model_args = {**cfg.model_args, **_parse_kv(args.model_arg, '--model-arg')}
@@ -119,6 +124,8 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"{info['num_items']} items, {info['num_train']} training interactions"
           + (', GENERATED features' if info['generated_features']
              and cfg.dataset != 'synthetic' else ''))
+    print(f"Adam lr {cfg.lr:g}, batch {cfg.batch_size}, seed {cfg.seed}; early stopping on "
+          f"validation {cfg.valid_metric} (patience {cfg.patience})")
     print(f"best epoch {result.best_epoch} of {result.timings['epochs_run']} run; "
           f"median {result.timings['train_epoch_median_s']:.2f} s/epoch train, "
           f"{result.timings['eval_pass_median_s']:.2f} s/eval pass ({info['device']})")

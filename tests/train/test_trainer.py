@@ -88,6 +88,16 @@ def test_cli_precedence(tmp_path):
     assert c.epochs == 7 and c.lr == 0.002 and c.progress is False
     assert c.model_args == {'num_layers': 3, 'reg_weight': 1e-3}
     assert c.topk == (5, 20)
+    assert c.batch_size == 1024  # the synthetic preset sits under the file and the flags
+
+
+def test_dataset_presets_apply_only_to_their_dataset():
+    c, _ = config_from_args([])
+    assert (c.dataset, c.lr, c.batch_size) == ('synthetic', 5e-3, 1024)
+    c, _ = config_from_args(['--dataset', 'baby'])
+    assert (c.lr, c.batch_size) == (1e-3, 2048)  # MMRec's defaults
+    c, _ = config_from_args(['--lr', '0.01'])
+    assert c.lr == 0.01
 
 
 def test_cli_main_prints_metrics_table(capsys, tmp_path):
