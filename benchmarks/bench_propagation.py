@@ -82,7 +82,7 @@ def main():
     print(f'Two-layer propagation on Baby ({n} nodes, {adj._nnz()} nnz, 64-d), '
           f'{args.threads} thread(s), median of {args.repeats}')
     print_table(rows, ['backend', 'fwd+bwd_ms', 'vs_csr'])
-    write_json('propagation.json', {'machine': machine(), 'args': vars(args), 'rows': rows})
+    write_json(f'propagation_t{args.threads}.json', {'machine': machine(), 'args': vars(args), 'rows': rows})
 
 
 if __name__ == '__main__':
