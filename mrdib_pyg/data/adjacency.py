@@ -1,24 +1,22 @@
 r"""The symmetric-normalised user–item adjacency, built once from training edges."""
-import warnings
-
 import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
-from torch_geometric.utils import coalesce, to_torch_csr_tensor
+from torch_geometric.utils import coalesce
 
+from mrdib_pyg.data.graphs import sym_norm_adj
 from mrdib_pyg.data.schema import ITEM, RATES, USER
 
 
-def bipartite_adjacency(edge_index: Tensor, num_users: int, num_items: int,
-                        eps: float = 1e-7) -> Tensor:
+def bipartite_adjacency(edge_index: Tensor, num_users: int, num_items: int) -> Tensor:
     r"""The :math:`(U+I) \times (U+I)` symmetric-normalised bipartite adjacency
 
     .. math::
         \hat{A} = D^{-1/2} \begin{pmatrix} 0 & R \\ R^\top & 0 \end{pmatrix} D^{-1/2},
 
     with users first and items offset by :math:`U`, no self-loops, duplicate interactions
-    counted once, and :math:`\epsilon = 10^{-7}` added to the degree as in MMRec's LightGCN
-    (isolated nodes get zero rows instead of NaN).
+    counted once, and isolated nodes left with zero rows (MMRec adds :math:`10^{-7}` to the
+    degree for that; on an edge it changes no float32 weight).
 
     Args:
         edge_index (Tensor): :obj:`[2, E]` (user, item) TRAINING pairs.
@@ -33,13 +31,10 @@ def bipartite_adjacency(edge_index: Tensor, num_users: int, num_items: int,
                          f"and {num_items} items")
     n = num_users + num_items
     u, i = edge_index[0].long(), edge_index[1].long() + num_users
+    # Deduplicate first: a repeated interaction is one edge, not a weight of 2. MMRec's
+    # +1e-7 on the degree changes no edge weight in float32 (every edge has degree >= 1).
     index = coalesce(torch.stack([torch.cat([u, i]), torch.cat([i, u])]), num_nodes=n)
-    deg = torch.zeros(n).scatter_add_(0, index[0], torch.ones(index.size(1)))
-    dinv = (deg + eps).pow(-0.5)
-    value = dinv[index[0]] * dinv[index[1]]
-    with warnings.catch_warnings():  # torch's "CSR support is in beta" notice, every run
-        warnings.filterwarnings('ignore', message='Sparse CSR tensor support is in beta')
-        return to_torch_csr_tensor(index, value, size=(n, n), is_coalesced=True)
+    return sym_norm_adj(index, num_nodes=n)
 
 
 def adjacency_from_data(data: HeteroData) -> Tensor:

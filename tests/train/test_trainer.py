@@ -124,3 +124,25 @@ def test_cli_reports_input_errors_without_traceback(capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.startswith('mrdib-train: error:') and str(tmp_path / 'mydata' / 'raw') in err
     assert 'Traceback' not in err
+
+
+def test_cli_end_to_end_on_an_unseen_mmrec_format_dataset(tmp_path, capsys):
+    import numpy as np
+    g = np.random.default_rng(0)
+    raw = tmp_path / 'garden' / 'raw'
+    raw.mkdir(parents=True)
+    lines = ['userID\titemID\trating\ttimestamp\tx_label']
+    for u in range(60):
+        items = g.choice(40, size=6, replace=False)
+        lines += [f'{u}\t{i}\t5\t0\t{0 if k < 4 else k - 3}' for k, i in enumerate(items)]
+    (raw / 'garden.inter').write_text('\n'.join(lines) + '\n')
+    np.save(raw / 'image_feat.npy', g.normal(size=(40, 32)))  # float64 on disk, as MMRec's
+    np.save(raw / 'text_feat.npy', g.normal(size=(40, 16)))
+    args = ['--dataset', 'garden', '--root', str(tmp_path), '--model', 'vbpr', '--mrdib',
+            '--epochs', '2', '--no-progress', '--device', 'cpu', '--out-dir', str(tmp_path / 'r')]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "on 'garden': 60 users, 40 items, 240 training interactions" in out
+    saved = json.loads((tmp_path / 'r' / 'results.json').read_text())
+    assert saved['info']['modalities'] == ['image', 'text']
+    assert 'redundant' in saved['history'][0]['loss']
