@@ -62,7 +62,7 @@ def main():
     print(f'\n{args.model} on Amazon Baby (GENERATED features), medians of {args.epochs} '
           f'interleaved epochs, {torch.get_num_threads()} thread(s)')
     print_table(rows, list(rows[0]))
-    write_json(f'overhead_{args.model}.json', {
+    write_json(f'overhead_{args.model}_t{torch.get_num_threads()}.json', {
         'dataset': 'amazon-baby (shared split), generated features', 'machine': machine(),
         'args': vars(args), 'rows': rows, 'train_s': train_s, 'eval_s': eval_s})
 
