@@ -305,11 +305,17 @@ class MRdIB(nn.Module):
         :obj:`[N, latent_dim]` per modality, whatever the mode. Not wrapped in
         :obj:`no_grad`: a replace-mode backbone trains through it."""
         self._check(out)
-        res = {}
-        for m in self.modalities:
-            x = out.modalities[m].item
-            res[m] = self._posterior(m, x if items is None else x[items])[0]
-        return res
+        return self.encode_items({m: mo.item for m, mo in out.modalities.items()}, items)
+
+    def encode_items(self, reps: Dict[str, Tensor],
+                     items: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        r""":meth:`encode` on bare per-modality item tables (modality :math:`\rightarrow`
+        :obj:`[I, d_m]`), e.g. inside a backbone's replace-mode hook."""
+        if set(reps) != set(self.modalities):
+            raise ValueError(f"{self.__class__.__name__} was built for modalities "
+                             f"{self.modalities}, got {list(reps)}")
+        return {m: self._posterior(m, reps[m] if items is None else reps[m][items])[0]
+                for m in self.modalities}
 
     def _sample_batch(self, out: RecOutput, batch: BPRBatch, with_kl: bool,
                       positives_only: bool = False):

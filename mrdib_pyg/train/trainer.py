@@ -19,7 +19,6 @@ from mrdib_pyg.data.schema import ITEM, RATES, USER, modality_names
 from mrdib_pyg.evaluate import FullRankEvaluator
 from mrdib_pyg.nn.models import MODELS, Recommender
 from mrdib_pyg.nn.mrdib import MRdIB
-from mrdib_pyg.nn.output import ModalityOutput, RecOutput
 from mrdib_pyg.train.config import TrainConfig
 
 
@@ -48,6 +47,13 @@ def load_data(cfg: TrainConfig) -> HeteroData:
         from mrdib_pyg.data.synthetic import attach_generated_features
         data = attach_generated_features(data, seed=cfg.seed)
     return data
+
+
+def has_generated_features(data: HeteroData) -> bool:
+    r"""Whether :obj:`data` carries features generated for a real interaction graph
+    (:func:`~mrdib_pyg.data.attach_generated_features`), which every report must state.
+    Synthetic datasets are synthetic throughout and are not flagged."""
+    return str(getattr(data, 'feature_source', '')).startswith('generated')
 
 
 def build_model(cfg: TrainConfig, data: HeteroData) -> Recommender:
@@ -80,13 +86,7 @@ def enable_replace_mode(model: Recommender, mrdib: MRdIB) -> None:
         raise ValueError(f"Replace mode needs a backbone with a 'modality_hook' "
                          f"(got {model.__class__.__name__}); plug-in mode needs none")
 
-    def hook(reps: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        dummy = next(iter(reps.values()))
-        out = RecOutput(user=dummy, item=dummy,
-                        modalities={m: ModalityOutput(item=x) for m, x in reps.items()})
-        return mrdib.encode(out)
-
-    model.modality_hook = hook
+    model.modality_hook = mrdib.encode_items
 
 
 @dataclass
@@ -166,7 +166,8 @@ class Trainer:
         self.info = {'num_users': num_users, 'num_items': num_items,
                      'num_train': int(data[RATES].edge_index.size(1)),
                      'modalities': modality_names(data),
-                     'generated_features': bool(getattr(data, 'generated_features', False)),
+                     'generated_features': has_generated_features(data),
+                     'feature_source': str(getattr(data, 'feature_source', 'files')),
                      'device': str(self.device)}
 
     # -- one epoch ----------------------------------------------------------------------
@@ -284,7 +285,7 @@ def run(cfg: TrainConfig, data: Optional[HeteroData] = None) -> TrainResult:
     :obj:`cfg.out_dir` when set. Returns the :class:`TrainResult`."""
     seed_everything(cfg.seed)
     data = load_data(cfg) if data is None else data
-    if getattr(data, 'generated_features', False) and cfg.dataset != 'synthetic':
+    if has_generated_features(data):
         warnings.warn('This dataset carries GENERATED features (not the real image/text '
                       'features); report results as such', stacklevel=2)
     result = build_trainer(cfg, data).fit()

@@ -146,3 +146,18 @@ def test_cli_end_to_end_on_an_unseen_mmrec_format_dataset(tmp_path, capsys):
     saved = json.loads((tmp_path / 'r' / 'results.json').read_text())
     assert saved['info']['modalities'] == ['image', 'text']
     assert 'redundant' in saved['history'][0]['loss']
+
+
+def test_generated_features_are_flagged_by_their_source_not_the_dataset_name(data):
+    from mrdib_pyg.data import attach_generated_features
+    from mrdib_pyg.data.schema import build_heterodata
+    from mrdib_pyg.train.trainer import has_generated_features
+    assert not has_generated_features(data)  # synthetic throughout, whatever cfg.dataset says
+    rates = data['user', 'rates', 'item']
+    bare = build_heterodata(data['user'].num_nodes, data['item'].num_nodes, rates.edge_index,
+                            rates.val_edge_index, rates.test_edge_index, {})
+    real_like = attach_generated_features(bare, dims={'image': 8, 'text': 4})
+    assert has_generated_features(real_like)
+    with pytest.warns(UserWarning, match='GENERATED'):
+        result = run(cfg(model='vbpr', epochs=1), data=real_like)
+    assert result.info['generated_features'] is True
