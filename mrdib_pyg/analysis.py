@@ -20,7 +20,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from mrdib_pyg.nn.mine import MINECritic, donsker_varadhan
+from mrdib_pyg.nn.mine import MINECritic, donsker_varadhan, random_derangement
 
 __all__ = ['linear_probe_r2', 'estimate_mi', 'tsne_2d', 'split_rows']
 
@@ -111,7 +111,7 @@ def linear_probe_r2(reps: Tensor, targets: Tensor, train_idx: Index, test_idx: I
     return 1. - sse / sst.clamp_min(1e-12)
 
 
-def _all_pairs_dv(critic: MINECritic, a: Tensor, b: Tensor, block: int = 256) -> float:
+def all_pairs_dv(critic: MINECritic, a: Tensor, b: Tensor, block: int = 256) -> float:
     r"""DV on all :math:`N` joint pairs and all :math:`N(N-1)` off-diagonal product pairs."""
     n = a.size(0)
     t_joint = critic(a, b)
@@ -195,14 +195,14 @@ def estimate_mi(z_a: Tensor, z_b: Tensor, train_idx: Index, test_idx: Index,
     critic.train()
     for _ in range(int(steps)):
         rows = tr[torch.randperm(n_tr, generator=gen)[:bs]]
-        perm = torch.randperm(bs, generator=gen)
+        perm = random_derangement(bs, generator=gen)
         loss = critic.mine_loss(a[rows], b[rows], perm=perm)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     critic.eval()
     with torch.no_grad():
-        return _all_pairs_dv(critic, a[te], b[te])
+        return all_pairs_dv(critic, a[te], b[te])
 
 
 def tsne_2d(x: Tensor, seed: int = 0, perplexity: float = 30.0, **kwargs) -> Tensor:

@@ -18,6 +18,20 @@ def log_mean_exp(x: Tensor) -> Tensor:
     return torch.logsumexp(x, dim=0) - math.log(x.numel())
 
 
+def random_derangement(n: int, device=None,
+                       generator: Optional[torch.Generator] = None) -> Tensor:
+    r"""A random permutation of :obj:`range(n)` without fixed points (:math:`\pi(i) \ne i`),
+    for marginal pairs that never include a joint pair: a uniformly random order
+    :math:`\sigma`, then :math:`\sigma_k \mapsto \sigma_{k+1 \bmod n}` (a random cycle; every
+    element moves). :obj:`n < 2` returns the identity (no derangement exists)."""
+    if n < 2:
+        return torch.arange(n, device=device)
+    order = torch.randperm(n, generator=generator).to(device)
+    perm = torch.empty_like(order)
+    perm[order] = order.roll(-1)
+    return perm
+
+
 def donsker_varadhan(t_joint: Tensor, t_marg: Tensor) -> Tensor:
     r"""The Donsker–Varadhan lower bound on the mutual information, in nats:
 
@@ -48,18 +62,26 @@ class MINECritic(nn.Module):
         dim_b (int): width of :math:`b`.
         hidden (int, optional): hidden width. (default: :obj:`128`)
         ema_decay (float, optional): decay of the moving average. (default: :obj:`0.99`)
+        max_weight (float, optional): upper bound of the gradient weight
+            :math:`\overline{e^T}_{batch} / \widehat{\mathrm{ema}}` (a lagging average must not
+            turn one batch into a huge step). (default: :obj:`10.0`)
 
     Shapes:
         - **input:** :math:`a` :math:`(N, d_a)`, :math:`b` :math:`(N, d_b)`
         - **output:** :math:`(N,)`
     """
-    def __init__(self, dim_a: int, dim_b: int, hidden: int = 128, ema_decay: float = 0.99):
+    def __init__(self, dim_a: int, dim_b: int, hidden: int = 128, ema_decay: float = 0.99,
+                 max_weight: float = 10.0):
         super().__init__()
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"{self.__class__.__name__}: ema_decay must lie in [0, 1), "
                              f"got {ema_decay}")
         self.dim_a, self.dim_b, self.hidden = int(dim_a), int(dim_b), int(hidden)
+        if not max_weight >= 1.0:
+            raise ValueError(f"{self.__class__.__name__}: max_weight must be >= 1, "
+                             f"got {max_weight}")
         self.ema_decay = float(ema_decay)
+        self.max_weight = float(max_weight)
         self.lin1 = nn.Linear(self.dim_a + self.dim_b, self.hidden)
         self.lin2 = nn.Linear(self.hidden, 1)
         # log of the (un-corrected) moving average of E_marg[exp T]; starts at log(0).
@@ -93,9 +115,10 @@ class MINECritic(nn.Module):
     def scores(self, a: Tensor, b: Tensor, perm: Optional[Tensor] = None,
                detach_params: bool = False) -> Tuple[Tensor, Tensor]:
         r"""Joint and marginal critic values; marginal pairs shuffle :obj:`b` by :obj:`perm`
-        (a fresh random permutation when :obj:`None`)."""
+        (a fresh :func:`random_derangement` when :obj:`None`, so that no marginal pair is a
+        joint pair)."""
         if perm is None:
-            perm = torch.randperm(b.size(0), device=b.device)
+            perm = random_derangement(b.size(0), device=b.device)
         both_a = torch.cat([a, a], dim=0)
         both_b = torch.cat([b, b[perm]], dim=0)
         t = self(both_a, both_b, detach_params=detach_params)  # one critic call for both
@@ -119,13 +142,15 @@ class MINECritic(nn.Module):
 
         i.e. the denominator of the log-partition term's gradient is the bias-corrected moving
         average of :math:`\overline{e^{T}}_{marg}` (updated with this batch first) instead of the
-        batch mean alone. Computed in log space, so no :math:`e^{T}` can overflow.
+        batch mean alone, with the ratio bounded by :obj:`max_weight`. Computed in log space,
+        so no :math:`e^{T}` can overflow.
         """
         t_joint, t_marg = self.scores(a.detach(), b.detach(), perm)
         lme = log_mean_exp(t_marg)
         log_ema = self._corrected_log_ema(lme.detach(), update=update_ema)
         # value: lme; gradient: exp(lme - log_ema) * grad(lme) = grad(mean exp T) / ema
-        weight = torch.exp(lme.detach() - log_ema)
+        # a lagging average can make the ratio explode on a batch where T jumped: bound it
+        weight = torch.exp((lme.detach() - log_ema).clamp(max=math.log(self.max_weight)))
         surrogate = lme.detach() + weight * (lme - lme.detach())
         return -(t_joint.mean() - surrogate)
 
@@ -150,4 +175,4 @@ class MINECritic(nn.Module):
 
     def extra_repr(self) -> str:
         return (f'dim_a={self.dim_a}, dim_b={self.dim_b}, hidden={self.hidden}, '
-                f'ema_decay={self.ema_decay}')
+                f'ema_decay={self.ema_decay}, max_weight={self.max_weight}')

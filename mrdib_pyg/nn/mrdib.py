@@ -1,5 +1,6 @@
 r"""MRdIB: the Multimodal Representation-disentangled Information Bottleneck plug-in."""
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -14,24 +15,51 @@ from mrdib_pyg.nn.output import BPRBatch, RecOutput
 
 @dataclass
 class MRdIBOutput:
-    r"""What :meth:`MRdIB.forward` returns.
+    r"""What :meth:`MRdIB.forward` (and :meth:`MRdIB.loss_terms`) returns.
 
     Args:
-        loss (Tensor): scalar :math:`\mathcal{L}_{MIB} + \alpha_2 \hat{I}_{DV}
+        loss (Tensor): scalar :math:`\mathcal{L}_{MIB} + \alpha_2 \max(\hat{I}_{DV}, 0)
             + \alpha_3 \mathcal{L}_U` over the computed terms, to *add* to the backbone's loss.
         terms (dict): the unweighted terms, each a scalar: :obj:`'synergy'` (fused BPR, the
             first term of :math:`\mathcal{L}_{MIB}`), :obj:`'kl'`, :obj:`'unique'` and
             :obj:`'redundant'` (the plain Donsker–Varadhan value summed over modality pairs, an
-            MI estimate in nats). A switched-off term is absent.
+            MI estimate in nats, also when it is below the floor). A switched-off term is
+            absent. :obj:`'sigma'` (mean posterior standard deviation) is a diagnostic.
         z (dict): modality :math:`\rightarrow` :obj:`[B, latent_dim]` sampled :math:`z_m` of
             the batch's positive items (rows aligned with :obj:`batch.pos`; the means in
-            evaluation mode). These are the pairs the redundant term uses.
+            evaluation mode).
         z_neg (dict): the same for the negative items.
     """
     loss: Tensor
     terms: Dict[str, Tensor]
     z: Dict[str, Tensor]
     z_neg: Dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class BatchEncoding:
+    r"""The posteriors of a batch's items, each unique item encoded once
+    (:meth:`MRdIB.encode_batch`).
+
+    Args:
+        items (Tensor): :obj:`[N]` the unique items of :obj:`pos` :math:`\cup` :obj:`neg`.
+        pos (Tensor), neg (Tensor): :obj:`[B]` row of each positive / negative in
+            :obj:`items`.
+        mine_rows (Tensor): rows of the *unique positive* items (the redundant term's pairs:
+            an item repeated in the batch must not pair with itself as a "marginal" pair).
+        mu (dict), logvar (dict), z (dict): modality :math:`\rightarrow` :obj:`[N, d]`.
+    """
+    items: Tensor
+    pos: Tensor
+    neg: Tensor
+    mine_rows: Tensor
+    mu: Dict[str, Tensor]
+    logvar: Dict[str, Tensor]
+    z: Dict[str, Tensor]
+
+    def mine_pairs(self, detach: bool = False) -> Dict[str, Tensor]:
+        r"""Modality :math:`\rightarrow` :obj:`[P, d]` samples of the unique positives."""
+        return {m: (z.detach() if detach else z)[self.mine_rows] for m, z in self.z.items()}
 
 
 _EMPTY_DICT = nn.ModuleDict()
@@ -53,6 +81,74 @@ def _kl_std_normal(mu: Tensor, logvar: Tensor) -> Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
 
 
+class VariationalEncoder(nn.Module):
+    r"""The stochastic encoder :math:`q(z \mid x) = \mathcal{N}(\mu(x), \mathrm{diag}\,
+    e^{\ell(x)})` of one modality, conditioned so that it stays finite on any backbone:
+
+    .. math::
+        h = \mathrm{Norm}(x), \qquad [\mu \,\|\, r] = \mathrm{Enc}(h), \qquad
+        \ell = L \tanh(r / L)
+
+    * :obj:`input_norm='layer'` standardises each row (:class:`~torch.nn.LayerNorm` without
+      affine parameters). Backbone representations have any scale: VBPR's
+      :math:`W_v f_v` over 4096-d non-negative CNN features reaches :math:`|x| \approx 20`
+      at initialisation and grows by about :math:`\text{lr}\cdot\|f\|_1` per Adam step;
+      without the norm the encoder's log-variance followed it (to :math:`\pm 100`, KL
+      :math:`10^{17}`). :obj:`'none'` feeds :math:`x` as is (the paper leaves this open).
+    * :obj:`logvar_bound` :math:`L` bounds the log-variance smoothly to :math:`(-L, L)`
+      (:math:`L = 6`: :math:`\sigma \in (0.05, 20)`), so the KL and its gradient stay bounded;
+      :obj:`None` leaves it unbounded. At initialisation :math:`\ell \approx 0` either way.
+
+    Args:
+        in_dim (int): width of :math:`x`.
+        latent_dim (int): :math:`d`.
+        hidden (int, optional): hidden width of an MLP encoder; :obj:`None`: one
+            :class:`~torch.nn.Linear`. (default: :obj:`None`)
+        input_norm (str, optional): :obj:`'layer'` or :obj:`'none'`. (default: :obj:`'layer'`)
+        logvar_bound (float, optional): :math:`L`. (default: :obj:`6.0`)
+
+    Shapes:
+        - **input:** :math:`(N, d_{in})`
+        - **output:** :math:`\mu` :math:`(N, d)`, :math:`\ell` :math:`(N, d)`
+    """
+    NORMS = ('layer', 'none')
+
+    def __init__(self, in_dim: int, latent_dim: int, hidden: Optional[int] = None,
+                 input_norm: str = 'layer', logvar_bound: Optional[float] = 6.0):
+        super().__init__()
+        name = self.__class__.__name__
+        if input_norm not in self.NORMS:
+            raise ValueError(f"{name}: input_norm must be one of {self.NORMS}, "
+                             f"got '{input_norm}'")
+        if logvar_bound is not None and not logvar_bound > 0:
+            raise ValueError(f"{name}: logvar_bound must be > 0 or None, got {logvar_bound}")
+        self.in_dim, self.latent_dim, self.hidden = int(in_dim), int(latent_dim), hidden
+        self.input_norm, self.logvar_bound = input_norm, logvar_bound
+        self.norm = (nn.LayerNorm(in_dim, elementwise_affine=False)
+                     if input_norm == 'layer' else nn.Identity())
+        if hidden is None:
+            self.net = nn.Linear(in_dim, 2 * latent_dim)
+        else:
+            self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(),
+                                     nn.Linear(hidden, 2 * latent_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        for module in self.net.modules():
+            if isinstance(module, nn.Linear):
+                module.reset_parameters()
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        mu, raw = self.net(self.norm(x)).chunk(2, dim=-1)
+        if self.logvar_bound is None:
+            return mu, raw
+        bound = self.logvar_bound
+        return mu, bound * torch.tanh(raw / bound)
+
+    def extra_repr(self) -> str:
+        return f'input_norm={self.input_norm}, logvar_bound={self.logvar_bound}'
+
+
 class MRdIB(nn.Module):
     r"""The Multimodal Representation-disentangled Information Bottleneck from the
     `"Multimodal Representation-disentangled Information Bottleneck for Multimodal
@@ -69,7 +165,9 @@ class MRdIB(nn.Module):
         [\mu_m \,\|\, \ell_m] = \mathrm{Enc}_m(x_m) \in \mathbb{R}^{2d},
 
     sampled as :math:`z_m = \mu_m + e^{\ell_m/2} \odot \epsilon` in training and
-    :math:`z_m = \mu_m` in evaluation. On a batch of BPR triples :math:`(u, i^+, i^-)`, with
+    :math:`z_m = \mu_m` in evaluation (:class:`VariationalEncoder`: by default the input is
+    standardised per row and :math:`\ell_m` bounded to :math:`(-6, 6)`; see there why).
+    On a batch of BPR triples :math:`(u, i^+, i^-)`, with
     :math:`\mathrm{BPR}(s^+, s^-) = -\overline{\log \sigma(s^+ - s^-)}`:
 
     * **Unique** (one predictor per modality):
@@ -93,20 +191,31 @@ class MRdIB(nn.Module):
           \hat{I}_{DV} = \sum_{a<b} \overline{T_{ab}(z_a^{i}, z_b^{i})}
           - \log \overline{\exp T_{ab}(z_a^{i}, z_b^{\pi(i)})},
 
-      :math:`\pi` a random permutation of the batch (marginal pairs).
+      over the batch's *unique* positive items, :math:`\pi` a random derangement (no
+      marginal pair is a joint pair).
 
     The total, to be added to the backbone's loss, is
 
     .. math::
-        \mathcal{L}_{MRdIB} = \mathcal{L}_{MIB} + \alpha_2 \hat{I}_{DV} + \alpha_3 \mathcal{L}_U .
+        \mathcal{L}_{MRdIB} = \mathcal{L}_{MIB}
+        + \alpha_2 \sum_{a<b} \max\big(\hat{I}^{ab}_{DV}, \phi\big) + \alpha_3 \mathcal{L}_U .
+
+    The floor :math:`\phi` (:obj:`redundant_floor`, default 0) is ours: the mutual information
+    is :math:`\ge 0`, so a DV value below zero only says the critic is momentarily behind;
+    the plain bound is unbounded below in the encoders' direction, and encoders that descend
+    it there chase the critic's blind spots instead of removing overlap (measured on Baby-shaped
+    data: DV :math:`-10^4` nats, a total loss going negative). Above the floor the objective
+    is the paper's. :obj:`redundant_floor=None` gives the plain bound.
 
     **Adversarial training.** The encoders *minimise* :math:`\hat{I}_{DV}` through
     :obj:`loss`, in which the critics act as constants (their parameters are detached, so
     :obj:`loss.backward()` leaves every critic gradient :obj:`None`). The critics *maximise* it
-    with their own optimiser on :meth:`critic_parameters`, minimising :meth:`critic_step_loss`
+    with their own optimiser on :meth:`critic_parameters`, minimising :meth:`critic_loss`
     on detached :math:`z`, with MINE's moving-average correction of the log-partition gradient.
-    Per batch: (1) critic step, (2) main step on :obj:`L_backbone + out.loss` with the optimiser
-    built on :meth:`main_parameters`.
+    Per batch: :meth:`encode_batch` once; (1) critic step(s) on its detached samples;
+    (2) :meth:`loss_terms` with the updated critic, and the main step on
+    :obj:`L_backbone + loss` with the optimiser built on :meth:`main_parameters`.
+    :meth:`forward` is (2) alone, for callers that train no critic.
 
     Nothing of MRdIB runs at prediction time. :meth:`encode` returns the posterior means for
     probes and for backbones that opt into "replace mode" through their own hook.
@@ -116,14 +225,15 @@ class MRdIB(nn.Module):
     * the fused predictor's user side is the mean of the mapped per-modality users
       :math:`\bar u` (no extra map of :obj:`RecOutput.user`);
     * :obj:`use_mib=False` (the paper's "w/o MIB", :math:`\alpha_1 = 0`) drops the KL term
-      only; :math:`\mathcal{L}_S` stays (it is also the synergistic objective) and the encoders
-      still sample;
+      and, unless :obj:`sample_without_kl=True`, the sampling (:math:`z_m = \mu_m`: without the
+      KL nothing keeps the variance meaningful, so noise would only blur the heads);
+      :math:`\mathcal{L}_S` stays (it is also the synergistic objective);
     * a switched-off term (switch off, or its :math:`\alpha = 0`) is not computed at all and is
       absent from :obj:`terms`; the synergy term is always on;
     * the redundant term is summed over all modality pairs; the critics are always built (so
       a trainer can always build their optimiser) but never called when the term is off;
-    * a same item appearing as positive and negative in a batch shares one sample of
-      :math:`z_m`.
+    * an item appearing several times in a batch (as positive or negative) is encoded and
+      sampled once; KL and the redundant term count it once.
 
     Args:
         modality_dims (Dict[str, int]): modality name :math:`\rightarrow` width of its item
@@ -142,6 +252,16 @@ class MRdIB(nn.Module):
         use_unique (bool, optional): compute the unique term. (default: :obj:`True`)
         encoder_hidden (int, optional): hidden width of an MLP encoder; :obj:`None` gives a
             single :class:`~torch.nn.Linear` to :math:`2d`. (default: :obj:`None`)
+        input_norm (str, optional): the encoders' input normalisation, :obj:`'layer'` or
+            :obj:`'none'` (:class:`VariationalEncoder`). (default: :obj:`'layer'`)
+        logvar_bound (float, optional): the encoders' log-variance bound; :obj:`None`:
+            unbounded. (default: :obj:`6.0`)
+        redundant_floor (float, optional): :math:`\phi`, the floor of each pair's DV value
+            in the encoders' loss; :obj:`None`: the plain bound. (default: :obj:`0.0`)
+        sample_without_kl (bool, optional): sample :math:`z_m` even when the KL term is off.
+            (default: :obj:`False`)
+        critic_max_weight (float, optional): bound of MINE's moving-average gradient weight
+            (:class:`~mrdib_pyg.nn.mine.MINECritic`). (default: :obj:`10.0`)
     """
     #: Named ablations of the paper's Table 2, see :meth:`ablation`.
     ABLATIONS = frozenset({'full', 'wo_mib', 'wo_redundant', 'wo_unique', 'mib_only'})
@@ -158,7 +278,9 @@ class MRdIB(nn.Module):
                  alpha3: float = 0.005, critic_hidden: int = 128,
                  fusion_hidden: Optional[int] = None, ema_decay: float = 0.99,
                  use_mib: bool = True, use_redundant: bool = True, use_unique: bool = True,
-                 encoder_hidden: Optional[int] = None):
+                 encoder_hidden: Optional[int] = None, input_norm: str = 'layer',
+                 logvar_bound: Optional[float] = 6.0, redundant_floor: Optional[float] = 0.0,
+                 sample_without_kl: bool = False, critic_max_weight: float = 10.0):
         super().__init__()
         name = self.__class__.__name__
         self.modalities: List[str] = list(modality_dims)
@@ -169,8 +291,16 @@ class MRdIB(nn.Module):
             raise ValueError(f"{name}: user_dims keys {sorted(user_dims)} must equal the "
                              f"modality_dims keys {sorted(self.modalities)}")
         for key, value in (('alpha1', alpha1), ('alpha2', alpha2), ('alpha3', alpha3)):
-            if value < 0:
-                raise ValueError(f"{name}: {key} must be >= 0, got {value}")
+            if not (math.isfinite(value) and value >= 0):  # NaN must not drop a term silently
+                raise ValueError(f"{name}: {key} must be a finite number >= 0, got {value}")
+        for key, value in (('latent_dim', latent_dim), ('critic_hidden', critic_hidden),
+                           ('fusion_hidden', fusion_hidden or 1),
+                           ('encoder_hidden', encoder_hidden or 1)):
+            if int(value) < 1:
+                raise ValueError(f"{name}: {key} must be >= 1, got {value}")
+        if redundant_floor is not None and not math.isfinite(redundant_floor):
+            raise ValueError(f"{name}: redundant_floor must be finite or None, "
+                             f"got {redundant_floor}")
         self.modality_dims = {m: int(modality_dims[m]) for m in self.modalities}
         self.user_dims = {m: int(user_dims[m]) for m in self.modalities}
         self.latent_dim = int(latent_dim)
@@ -180,16 +310,13 @@ class MRdIB(nn.Module):
         self.encoder_hidden = encoder_hidden
         self.ema_decay = float(ema_decay)
         self.use_mib, self.use_redundant, self.use_unique = use_mib, use_redundant, use_unique
+        self.redundant_floor = None if redundant_floor is None else float(redundant_floor)
+        self.sample_without_kl = bool(sample_without_kl)
         d = self.latent_dim
-
-        def encoder(d_in: int) -> nn.Module:
-            if encoder_hidden is None:
-                return nn.Linear(d_in, 2 * d)
-            return nn.Sequential(nn.Linear(d_in, encoder_hidden), nn.ReLU(),
-                                 nn.Linear(encoder_hidden, 2 * d))
-
-        self.encoders = nn.ModuleDict({_key(m): encoder(self.modality_dims[m])
-                                       for m in self.modalities})
+        self.encoders = nn.ModuleDict({
+            _key(m): VariationalEncoder(self.modality_dims[m], d, encoder_hidden,
+                                        input_norm, logvar_bound)
+            for m in self.modalities})
         self.user_maps = nn.ModuleDict({
             _key(m): nn.Identity() if self.user_dims[m] == d
             else nn.Linear(self.user_dims[m], d) for m in self.modalities})
@@ -197,12 +324,13 @@ class MRdIB(nn.Module):
                                     nn.ReLU(), nn.Linear(self.fusion_hidden, d))
         self.pairs: List[Tuple[str, str]] = list(itertools.combinations(self.modalities, 2))
         self.critics = nn.ModuleDict({
-            f'{_key(a)}|{_key(b)}': MINECritic(d, d, self.critic_hidden, self.ema_decay)
+            f'{_key(a)}|{_key(b)}': MINECritic(d, d, self.critic_hidden, self.ema_decay,
+                                               critic_max_weight)
             for a, b in self.pairs})
         self.reset_parameters()
 
-    def encoder(self, m: str) -> nn.Module:
-        r"""The variational encoder of modality :obj:`m` (outputs :math:`[\mu \,\|\, \ell]`)."""
+    def encoder(self, m: str) -> VariationalEncoder:
+        r"""The variational encoder of modality :obj:`m` (returns :math:`(\mu, \ell)`)."""
         return self.encoders[_key(m)]
 
     def user_map(self, m: str) -> nn.Module:
@@ -268,6 +396,11 @@ class MRdIB(nn.Module):
         return self.use_unique and self.alpha3 > 0
 
     @property
+    def samples(self) -> bool:
+        r"""Whether training draws :math:`z_m` (else :math:`z_m = \mu_m`)."""
+        return self.computes_kl or self.sample_without_kl
+
+    @property
     def active_terms(self) -> List[str]:
         r"""Keys :meth:`forward` puts into :obj:`terms`."""
         terms = ['synergy']
@@ -297,8 +430,7 @@ class MRdIB(nn.Module):
                              f"{self.modalities}, the output has {list(out.modalities)}")
 
     def _posterior(self, m: str, x: Tensor) -> Tuple[Tensor, Tensor]:
-        mu, logvar = self.encoder(m)(x).chunk(2, dim=-1)
-        return mu, logvar
+        return self.encoder(m)(x)
 
     def encode(self, out: RecOutput, items: Optional[Tensor] = None) -> Dict[str, Tensor]:
         r"""Posterior means :math:`\mu_m` of :obj:`items` (all items when :obj:`None`),
@@ -317,78 +449,86 @@ class MRdIB(nn.Module):
         return {m: self._posterior(m, reps[m] if items is None else reps[m][items])[0]
                 for m in self.modalities}
 
-    def _sample_batch(self, out: RecOutput, batch: BPRBatch, with_kl: bool,
-                      positives_only: bool = False):
-        r"""Samples :math:`z_m` once per unique batch item; returns positives' and negatives'
-        rows and the summed per-modality KL averaged over the unique items."""
+    def encode_batch(self, out: RecOutput, batch: BPRBatch) -> BatchEncoding:
+        r"""Encodes every unique item of :obj:`batch` once and samples :math:`z_m` (the
+        means in evaluation mode, or when :attr:`samples` is off)."""
+        self._check(out)
         B = batch.pos.numel()
-        items = batch.pos if positives_only else torch.cat([batch.pos, batch.neg])
-        uniq, inverse = torch.unique(items, return_inverse=True)
-        z_pos, z_neg, kl = {}, {}, None
+        items, inverse = torch.unique(torch.cat([batch.pos, batch.neg]), return_inverse=True)
+        mine_rows = torch.unique(inverse[:B])
+        mu, logvar, z = {}, {}, {}
         for m in self.modalities:
-            mu, logvar = self._posterior(m, out.modalities[m].item[uniq])
-            if self.training:
-                z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+            mu[m], logvar[m] = self._posterior(m, out.modalities[m].item[items])
+            if self.training and self.samples:
+                z[m] = mu[m] + torch.randn_like(mu[m]) * torch.exp(0.5 * logvar[m])
             else:
-                z = mu
-            z_pos[m] = z[inverse[:B]]
-            if not positives_only:
-                z_neg[m] = z[inverse[B:]]
-            if with_kl:
-                kl_m = _kl_std_normal(mu, logvar).mean()
-                kl = kl_m if kl is None else kl + kl_m
-        return z_pos, z_neg, kl
+                z[m] = mu[m]
+        return BatchEncoding(items, inverse[:B], inverse[B:], mine_rows, mu, logvar, z)
 
     # -- losses ---------------------------------------------------------------------------
-    def forward(self, out: RecOutput, batch: BPRBatch) -> MRdIBOutput:
-        r"""The MRdIB loss terms on a batch. Call in training only."""
-        self._check(out)
-        z_pos, z_neg, kl = self._sample_batch(out, batch, with_kl=self.computes_kl)
+    def loss_terms(self, out: RecOutput, batch: BPRBatch, enc: Optional[BatchEncoding] = None,
+                   redundant: bool = True) -> MRdIBOutput:
+        r"""The MRdIB loss terms on a batch (training only); :obj:`enc` reuses an encoding of
+        the batch, :obj:`redundant=False` leaves the DV term out of :obj:`loss` for this batch
+        (a critic warm-up) while still reporting its value."""
+        enc = self.encode_batch(out, batch) if enc is None else enc
         users = {m: self.user_map(m)(out.modality_user_table(m)[batch.users])
                  for m in self.modalities}
         terms: Dict[str, Tensor] = {}
 
         u_bar = torch.stack([users[m] for m in self.modalities]).mean(0)
-        f_pos = self.fusion(torch.cat([z_pos[m] for m in self.modalities], dim=-1))
-        f_neg = self.fusion(torch.cat([z_neg[m] for m in self.modalities], dim=-1))
-        terms['synergy'] = bpr_loss((u_bar * f_pos).sum(-1), (u_bar * f_neg).sum(-1))
+        fused = self.fusion(torch.cat([enc.z[m] for m in self.modalities], dim=-1))
+        terms['synergy'] = bpr_loss((u_bar * fused[enc.pos]).sum(-1),
+                                    (u_bar * fused[enc.neg]).sum(-1))
         loss = terms['synergy']
 
-        if kl is not None:
-            terms['kl'] = kl
-            loss = loss + self.alpha1 * kl
+        if self.computes_kl:
+            terms['kl'] = sum(_kl_std_normal(enc.mu[m], enc.logvar[m]).mean()
+                              for m in self.modalities)
+            loss = loss + self.alpha1 * terms['kl']
         if self.computes_unique:
             terms['unique'] = sum(
-                bpr_loss((users[m] * z_pos[m]).sum(-1), (users[m] * z_neg[m]).sum(-1))
+                bpr_loss((users[m] * enc.z[m][enc.pos]).sum(-1),
+                         (users[m] * enc.z[m][enc.neg]).sum(-1))
                 for m in self.modalities)
             loss = loss + self.alpha3 * terms['unique']
         if self.computes_redundant:
-            # critics as constants: the encoders descend the bound, the critics get no grad
-            terms['redundant'] = sum(self.critic(a, b).dv(z_pos[a], z_pos[b],
-                                                          detach_params=True)
-                                     for a, b in self.pairs)
-            loss = loss + self.alpha2 * terms['redundant']
+            z = enc.mine_pairs()
+            dvs = [self.critic(a, b).dv(z[a], z[b], detach_params=True) for a, b in self.pairs]
+            terms['redundant'] = sum(dv.detach() for dv in dvs)
+            if redundant:
+                floor = self.redundant_floor
+                loss = loss + self.alpha2 * sum(dv if floor is None else dv.clamp(min=floor)
+                                                for dv in dvs)
+        with torch.no_grad():
+            terms['sigma'] = torch.stack([enc.logvar[m].mul(0.5).exp().mean()
+                                          for m in self.modalities]).mean()
+        z_pos = {m: enc.z[m][enc.pos] for m in self.modalities}
+        z_neg = {m: enc.z[m][enc.neg] for m in self.modalities}
         return MRdIBOutput(loss=loss, terms=terms, z=z_pos, z_neg=z_neg)
 
-    def critic_step_loss(self, out: RecOutput, batch: BPRBatch,
-                         z: Optional[Dict[str, Tensor]] = None) -> Optional[Tensor]:
-        r"""The loss the critic optimiser minimises: :math:`-\hat{I}_{DV}` summed over
-        modality pairs on *detached* :math:`z` of the positive items, with MINE's
-        moving-average-corrected gradient (each call updates the moving averages once).
-        :obj:`None` when the redundant term is off (nothing is computed).
+    def forward(self, out: RecOutput, batch: BPRBatch) -> MRdIBOutput:
+        r"""The MRdIB loss terms on a batch (:meth:`loss_terms`). Call in training only."""
+        return self.loss_terms(out, batch)
 
-        Args:
-            z (dict, optional): reuse these positive-item samples (e.g. a previous
-                :obj:`MRdIBOutput.z`) instead of encoding the batch again.
-        """
+    def critic_loss(self, enc: BatchEncoding) -> Optional[Tensor]:
+        r"""The loss the critic optimiser minimises: :math:`-\hat{I}_{DV}` summed over
+        modality pairs on the *detached* samples of :obj:`enc`'s unique positives, with MINE's
+        moving-average-corrected gradient (each call updates the moving averages once).
+        :obj:`None` when the redundant term is off (nothing is computed)."""
         if not self.computes_redundant:
             return None
-        if z is None:
-            self._check(out)
-            with torch.no_grad():
-                z = self._sample_batch(out, batch, with_kl=False, positives_only=True)[0]
-        return sum(self.critic(a, b).mine_loss(z[a].detach(), z[b].detach())
-                   for a, b in self.pairs)
+        z = enc.mine_pairs(detach=True)
+        return sum(self.critic(a, b).mine_loss(z[a], z[b]) for a, b in self.pairs)
+
+    def critic_step_loss(self, out: RecOutput, batch: BPRBatch) -> Optional[Tensor]:
+        r""":meth:`critic_loss` on a fresh encoding of :obj:`batch` (no gradient reaches the
+        encoders or the backbone)."""
+        if not self.computes_redundant:
+            return None
+        with torch.no_grad():
+            enc = self.encode_batch(out, batch)
+        return self.critic_loss(enc)
 
     def extra_repr(self) -> str:
         mods = ', '.join(f'{m}: {self.modality_dims[m]}' for m in self.modalities)

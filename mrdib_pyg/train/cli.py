@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import sys
+import typing
 from typing import Any, Dict, List, Optional
 
 from mrdib_pyg.train.config import DATASET_PRESETS, TrainConfig, parse_value
@@ -23,6 +24,13 @@ HELP = {
     'fill_missing': "features of items lacking a modality: keep, zero or mean (MMRec)",
     'mrdib': 'train with the MRdIB plug-in (needs a multimodal backbone)',
     'ablation': 'full, wo_mib, wo_redundant, wo_unique, mib_only',
+    'input_norm': "MRdIB encoders' input normalisation: layer (default) or none",
+    'logvar_bound': "bound L of the encoders' log-variance, in (-L, L); none: unbounded",
+    'redundant_floor': 'encoders minimise max(DV, floor) per modality pair; none: plain DV',
+    'critic_steps': 'MINE critic steps per main step',
+    'critic_warmup': 'batches before the redundant term reaches the encoders',
+    'mi_probe_every': 'every N epochs, estimate I(z_a; z_b) with a fresh critic on held-out '
+                      'items beside the training critic (0: off)',
     'replace': 'MRdIB replace mode (extension): fusion reads the encoder means',
     'out_dir': 'write results.json and best.pt here',
     'device': "'auto', 'cpu', 'cuda', 'cuda:1', ...",
@@ -37,6 +45,22 @@ def _parse_kv(items: List[str], flag: str) -> Dict[str, Any]:
         key, value = item.split('=', 1)
         out[key.strip()] = parse_value(value)
     return out
+
+
+def _field_parser(f: dataclasses.Field):
+    r"""The argparse type of a config field: its own type, or for ``Optional[int]`` /
+    ``Optional[float]`` that type with ``none`` meaning :obj:`None`."""
+    args = [a for a in typing.get_args(f.type) if a is not type(None)]
+    if typing.get_origin(f.type) is typing.Union and len(args) == 1 and args[0] in (int, float):
+        kind = args[0]
+
+        def parse(text: str):
+            if text.strip().lower() in ('none', 'null'):
+                return None
+            return kind(text)
+        parse.__name__ = f'{kind.__name__} or none'
+        return parse
+    return f.type if f.type in (int, float, str) else str
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,8 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(flag, dest=f.name, type=int, nargs='+', default=None,
                            help=f'(default: {list(default)})')
         else:
-            kind = type(default) if default is not None else str
-            p.add_argument(flag, dest=f.name, type=kind, default=None,
+            p.add_argument(flag, dest=f.name, type=_field_parser(f), default=None,
                            help=HELP.get(f.name, f'(default: {default})'))
     return p
 

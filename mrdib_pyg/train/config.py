@@ -64,16 +64,25 @@ class TrainConfig:
     topk: Tuple[int, ...] = (5, 10, 20, 50)
     eval_batch_size: int = 4096
     device: str = 'auto'
-    # MRdIB
+    # MRdIB (mrdib-spec.md; "our choice" settings are all here)
     mrdib: bool = False
     alpha1: float = 0.005
     alpha2: float = 0.05
     alpha3: float = 0.005
     latent_dim: int = 64
-    critic_hidden: int = 128
-    critic_lr: float = 1e-3
     ablation: str = 'full'
     replace: bool = False
+    encoder_hidden: Optional[int] = None   # None: one Linear per encoder
+    fusion_hidden: Optional[int] = None    # None: latent_dim
+    input_norm: str = 'layer'              # encoders' input: 'layer' or 'none'
+    logvar_bound: Optional[float] = 6.0    # None: unbounded log-variance
+    redundant_floor: Optional[float] = 0.0  # None: encoders descend the plain DV bound
+    critic_hidden: int = 128
+    critic_lr: float = 1e-3
+    critic_steps: int = 1                  # critic steps per main step
+    critic_warmup: int = 0                 # batches before the DV term reaches the encoders
+    ema_decay: float = 0.99                # MINE's moving average
+    mi_probe_every: int = 0                # epochs between fresh-critic MI probes (0: off)
     # output
     out_dir: Optional[str] = None
     progress: bool = True

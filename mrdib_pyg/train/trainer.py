@@ -4,6 +4,7 @@ import json
 import math
 import os
 import random
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from mrdib_pyg.evaluate import FullRankEvaluator
 from mrdib_pyg.nn.models import MODELS, Recommender
 from mrdib_pyg.nn.mrdib import MRdIB
 from mrdib_pyg.train.config import TrainConfig
+from mrdib_pyg.train.plugins import TrainingPlugin, as_plugins
 
 
 def seed_everything(seed: int) -> None:
@@ -71,20 +73,30 @@ def build_model(cfg: TrainConfig, data: HeteroData) -> Recommender:
 
 
 def build_mrdib(cfg: TrainConfig, model: Recommender) -> MRdIB:
-    r"""An :class:`MRdIB` sized from one forward pass of :obj:`model`."""
+    r"""An :class:`MRdIB` sized from one forward pass of :obj:`model`, with every MRdIB
+    option of :obj:`cfg`."""
     with torch.no_grad():
         out = model()
-    return MRdIB.from_output(out, ablation=cfg.ablation, latent_dim=cfg.latent_dim,
-                             alpha1=cfg.alpha1, alpha2=cfg.alpha2, alpha3=cfg.alpha3,
-                             critic_hidden=cfg.critic_hidden)
+    return MRdIB.from_output(
+        out, ablation=cfg.ablation, latent_dim=cfg.latent_dim, alpha1=cfg.alpha1,
+        alpha2=cfg.alpha2, alpha3=cfg.alpha3, critic_hidden=cfg.critic_hidden,
+        fusion_hidden=cfg.fusion_hidden, encoder_hidden=cfg.encoder_hidden,
+        ema_decay=cfg.ema_decay, input_norm=cfg.input_norm, logvar_bound=cfg.logvar_bound,
+        redundant_floor=cfg.redundant_floor)
 
 
 def enable_replace_mode(model: Recommender, mrdib: MRdIB) -> None:
     r"""Route the backbone's fusion through MRdIB's posterior means (the spec's optional
-    "replace" extension). Needs the backbone's documented :attr:`modality_hook`."""
+    "replace" extension). Needs the backbone's documented :attr:`modality_hook`, and
+    :math:`\mu_m` as wide as the representation it replaces."""
     if not hasattr(model, 'modality_hook'):
         raise ValueError(f"Replace mode needs a backbone with a 'modality_hook' "
                          f"(got {model.__class__.__name__}); plug-in mode needs none")
+    wrong = {m: d for m, d in mrdib.modality_dims.items() if d != mrdib.latent_dim}
+    if wrong:
+        raise ValueError(f"Replace mode puts MRdIB's means (latent_dim={mrdib.latent_dim}) in "
+                         f"place of the backbone's modality representations, whose widths "
+                         f"are {wrong}: set latent_dim to match")
 
     model.modality_hook = mrdib.encode_items
 
@@ -128,11 +140,11 @@ class TrainResult:
 class Trainer:
     r"""Trains a backbone (optionally with MRdIB) as MMRec does.
 
-    Per epoch: :meth:`Recommender.pre_epoch`; for each BPR batch, (if MRdIB's redundant
-    term is on) one critic step that ascends the Donsker–Varadhan bound on detached
-    representations, then one step of the main loss
-    :math:`\mathcal{L}_{\text{backbone}} + \mathcal{L}_{\text{MRdIB}}` with the critic
-    excluded; evaluation on validation every epoch, and on test whenever validation
+    Per epoch: :meth:`Recommender.pre_epoch`; for each BPR batch, one step of the main loss
+    :math:`\mathcal{L}_{\text{backbone}} + \sum_p \mathcal{L}_p` over the training plug-ins
+    :math:`p` (:class:`~mrdib_pyg.train.plugins.TrainingPlugin`; MRdIB's runs its critic
+    steps inside, with its own optimiser); the plug-ins' diagnostics after the epoch;
+    evaluation on validation every epoch, and on test whenever validation
     improves (the same test number MMRec reports at the best validation epoch, without
     evaluating test on every other epoch). Hyper-parameters are never chosen on test.
 
@@ -141,22 +153,22 @@ class Trainer:
         data (HeteroData): the dataset (training edges feed the sampler; val/test the
             evaluators).
         cfg (TrainConfig): options.
-        mrdib (MRdIB, optional): the plug-in; :obj:`None` trains the bare backbone.
+        plugins: training plug-ins: a :class:`~mrdib_pyg.train.plugins.TrainingPlugin`, an
+            :class:`~mrdib_pyg.nn.MRdIB` module (wrapped with :obj:`cfg`'s critic options),
+            or a list of them; :obj:`None` trains the bare backbone.
     """
 
     def __init__(self, model: Recommender, data: HeteroData, cfg: TrainConfig,
-                 mrdib: Optional[MRdIB] = None):
+                 plugins=None):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.model = model.to(self.device)
-        self.mrdib = mrdib.to(self.device) if mrdib is not None else None
+        self.plugins: List[TrainingPlugin] = [p.to(self.device)
+                                              for p in as_plugins(plugins, cfg)]
         params = list(self.model.parameters())
-        if self.mrdib is not None:
-            params += list(self.mrdib.main_parameters())
+        for plugin in self.plugins:
+            params += list(plugin.main_parameters())
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        critic = list(self.mrdib.critic_parameters()) if self.mrdib is not None else []
-        self.critic_optimizer = (torch.optim.Adam(critic, lr=cfg.critic_lr)
-                                 if critic and self.mrdib.computes_redundant else None)
         num_users, num_items = data[USER].num_nodes, data[ITEM].num_nodes
         self.sampler = BPRSampler(data[RATES].edge_index, num_users, num_items,
                                   batch_size=cfg.batch_size, seed=cfg.seed)
@@ -173,8 +185,8 @@ class Trainer:
     # -- one epoch ----------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> Dict[str, float]:
         self.model.train()
-        if self.mrdib is not None:
-            self.mrdib.train()
+        for plugin in self.plugins:
+            plugin.train()
         self.model.pre_epoch(epoch)
         sums: Dict[str, float] = {}
         bar = tqdm(self.sampler, desc=f'epoch {epoch}', leave=False,
@@ -182,19 +194,13 @@ class Trainer:
         for batch in bar:
             batch = batch.to(self.device)
             out = self.model()
-            logs = {}
-            if self.critic_optimizer is not None:
-                self.critic_optimizer.zero_grad(set_to_none=True)
-                critic_loss = self.mrdib.critic_step_loss(out, batch)
-                critic_loss.backward()
-                self.critic_optimizer.step()
             loss = self.model.loss(out, batch)
-            logs['backbone'] = loss.detach()
-            if self.mrdib is not None:
-                extra = self.mrdib(out, batch)
-                loss = loss + extra.loss
-                logs.update({k: v.detach() for k, v in extra.terms.items()})
-                logs['mrdib'] = extra.loss.detach()
+            logs = {'backbone': loss.detach()}
+            for plugin in self.plugins:
+                extra, terms = plugin.training_loss(out, batch)
+                loss = loss + extra
+                logs.update({k: v.detach() for k, v in terms.items()})
+                logs[plugin.name] = extra.detach()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f'Loss is {loss.item()} at epoch {epoch}: training '
                                          f'diverged (MMRec stops here too)')
@@ -224,11 +230,16 @@ class Trainer:
             t0 = time.perf_counter()
             losses = self.train_epoch(epoch)
             train_times.append(time.perf_counter() - t0)
+            diagnostics = {}
+            for plugin in self.plugins:
+                diagnostics.update(plugin.epoch_end(epoch, self.model))
             t0 = time.perf_counter()
             valid = self.evaluate('val')
             eval_times.append(time.perf_counter() - t0)
             record = {'epoch': epoch, 'loss': losses, 'valid': valid,
                       'train_seconds': train_times[-1], 'eval_seconds': eval_times[-1]}
+            if diagnostics:
+                record['diagnostics'] = diagnostics
             if stopper.step(valid[cfg.valid_metric], epoch):
                 best_valid, test_at_best = valid, self.evaluate('test')
                 record['test'] = test_at_best
@@ -249,18 +260,23 @@ class Trainer:
 
     def save(self, path: str, epoch: int) -> None:
         os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-        state = {'epoch': epoch, 'model': self.model.state_dict(), 'config': self.cfg.to_dict()}
-        if self.mrdib is not None:
-            state['mrdib'] = self.mrdib.state_dict()
-        tmp = path + '.tmp'
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        state = {'epoch': epoch, 'model': self.model.state_dict(), 'config': self.cfg.to_dict(),
+                 'plugins': {p.name: p.state_dict() for p in self.plugins}}
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', suffix='.tmp')
+        os.close(fd)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
     def load_best(self, path: str) -> int:
         state = torch.load(path, map_location=self.device, weights_only=False)
         self.model.load_state_dict(state['model'])
-        if self.mrdib is not None and 'mrdib' in state:
-            self.mrdib.load_state_dict(state['mrdib'])
+        for plugin in self.plugins:
+            if plugin.name in state.get('plugins', {}):
+                plugin.load_state_dict(state['plugins'][plugin.name])
         self.model.invalidate_cache()
         return state['epoch']
 

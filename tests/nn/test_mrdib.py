@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from mrdib_pyg.nn.mine import MINECritic
-from mrdib_pyg.nn.mrdib import MRdIB, MRdIBOutput, _kl_std_normal
+from mrdib_pyg.nn.mine import MINECritic, random_derangement
+from mrdib_pyg.nn.mrdib import MRdIB, MRdIBOutput, VariationalEncoder, _kl_std_normal
 from mrdib_pyg.nn.output import BPRBatch, ModalityOutput, RecOutput
 
 NUM_USERS, NUM_ITEMS = 30, 50
@@ -86,12 +86,12 @@ def test_kl_term_averages_over_unique_items():
     model = MRdIB.from_output(out, latent_dim=8)
     res = model(out, batch)
     uniq = torch.tensor([3, 7, 9, 11])
-    expected = sum(_kl_std_normal(*model.encoder(m)(out.modalities[m].item[uniq]).chunk(2, -1))
-                   .mean() for m in model.modalities)
+    expected = sum(_kl_std_normal(*model.encoder(m)(out.modalities[m].item[uniq])).mean()
+                   for m in model.modalities)
     torch.testing.assert_close(res.terms['kl'], expected)
     # a per-triple average would weigh item 3 and 7 more and differ
     per_triple = sum(_kl_std_normal(*model.encoder(m)(
-        out.modalities[m].item[torch.cat([batch.pos, batch.neg])]).chunk(2, -1)).mean()
+        out.modalities[m].item[torch.cat([batch.pos, batch.neg])])).mean()
         for m in model.modalities)
     assert not torch.allclose(per_triple, expected)
 
@@ -100,7 +100,7 @@ def test_kl_term_averages_over_unique_items():
 def _fixed_perm_dv(model, z, seed):
     torch.manual_seed(seed)
     a, b = model.pairs[0]
-    perm = torch.randperm(z[a].size(0))
+    perm = random_derangement(z[a].size(0))
     with torch.no_grad():
         return model.critic(a, b).dv(z[a], z[b], perm).item()
 
@@ -110,14 +110,15 @@ def test_critic_step_raises_dv_with_z_fixed():
     out = make_output(shared=True)
     batch = make_batch(64)
     model = MRdIB.from_output(out, latent_dim=8).eval()  # z = mu: fixed
-    z = {m: t.detach() for m, t in model(out, batch).z.items()}
+    enc = model.encode_batch(out, batch)
+    z = enc.mine_pairs(detach=True)
     opt = torch.optim.SGD(model.critic_parameters(), lr=0.05)
     encoder_before = [p.detach().clone() for p in model.main_parameters()]
     for step in range(5):  # each step, moving average warm or not, must raise the bound
         before = _fixed_perm_dv(model, z, seed=100 + step)
         torch.manual_seed(100 + step)  # the step's shuffle = the evaluation's shuffle
         opt.zero_grad()
-        model.critic_step_loss(out, batch, z=z).backward()
+        model.critic_loss(enc).backward()
         opt.step()
         after = _fixed_perm_dv(model, z, seed=100 + step)
         assert after > before, (step, before, after)
@@ -200,6 +201,10 @@ EXPECTED_TERMS = {
 }
 
 
+def loss_terms(res):
+    return set(res.terms) - {'sigma'}  # 'sigma' is a diagnostic, not a loss term
+
+
 @pytest.mark.parametrize('name', sorted(MRdIB.ABLATIONS))
 def test_ablation_removes_exactly_its_term(name):
     assert set(EXPECTED_TERMS) == set(MRdIB.ABLATIONS)
@@ -208,10 +213,11 @@ def test_ablation_removes_exactly_its_term(name):
     model = MRdIB.from_output(out, ablation=name, latent_dim=8)
     calls = count_critic_calls(model)
     res = model(out, make_batch())
-    assert set(res.terms) == EXPECTED_TERMS[name] == set(model.active_terms)
+    assert loss_terms(res) == EXPECTED_TERMS[name] == set(model.active_terms)
     assert bool(calls) == ('redundant' in EXPECTED_TERMS[name])
+    # one modality pair: the encoders see max(DV, 0)
     expected = (res.terms['synergy'] + model.alpha1 * res.terms.get('kl', 0.0)
-                + model.alpha2 * res.terms.get('redundant', 0.0)
+                + model.alpha2 * max(float(res.terms.get('redundant', 0.0)), 0.0)
                 + model.alpha3 * res.terms.get('unique', 0.0))
     torch.testing.assert_close(res.loss, expected)
     step = model.critic_step_loss(out, make_batch())
@@ -226,7 +232,7 @@ def test_zero_alpha_skips_term(alpha, term):
     model = MRdIB.from_output(out, latent_dim=8, **{alpha: 0.0})
     calls = count_critic_calls(model)
     res = model(out, make_batch())
-    assert term not in res.terms and len(res.terms) == 3
+    assert term not in res.terms and len(loss_terms(res)) == 3
     assert bool(calls) == (term != 'redundant')
 
 
@@ -269,8 +275,11 @@ def test_three_arbitrary_modalities_sum_three_pairs():
     torch.manual_seed(3)
     res = model(out, batch)
     assert len(calls) == 3 and set(res.z) == set(names)
+    z = model.encode_batch(out, batch).mine_pairs()
+    n = torch.unique(batch.pos).numel()
+    assert z['training'].size(0) == n
     torch.manual_seed(3)  # eval: the shuffles are the only randomness, drawn in pair order
-    expected = sum(model.critic(a, b).dv(res.z[a], res.z[b], torch.randperm(len(batch.pos)))
+    expected = sum(model.critic(a, b).dv(z[a], z[b], random_derangement(n))
                    for a, b in model.pairs)
     torch.testing.assert_close(res.terms['redundant'], expected)
     assert model.critic_step_loss(out, batch) is not None
@@ -296,7 +305,7 @@ def test_user_side_and_shapes():
     with pytest.raises(ValueError, match='modalities'):
         model(make_output(names=('image', 'sound')), batch)
     mlp = MRdIB.from_output(out, latent_dim=6, encoder_hidden=11, fusion_hidden=9)
-    assert mlp.encoder('text')[0].out_features == 11 and mlp.fusion[0].out_features == 9
+    assert mlp.encoder('text').net[0].out_features == 11 and mlp.fusion[0].out_features == 9
     assert mlp(out, batch).z['text'].shape == (10, 6)
     with pytest.raises(ValueError, match='at least 2'):
         MRdIB({'a': 3}, {'a': 3})
@@ -388,3 +397,81 @@ def test_cuda():
     res = model(out, batch)
     res.loss.backward()
     assert res.loss.is_cuda and torch.isfinite(res.loss)
+
+
+# -- conditioning and the fixes of issue 7 -------------------------------------------------
+def test_marginal_pairs_come_from_unique_positives_and_a_derangement():
+    out = make_output(shared=True)
+    # items 4 and 9 repeat as positives: a shuffle of the raw rows would pair them with
+    # themselves as "marginal" pairs
+    batch = BPRBatch(torch.arange(8), torch.tensor([4, 4, 4, 9, 9, 2, 3, 5]),
+                     torch.tensor([1, 6, 7, 8, 10, 11, 12, 13]))
+    model = MRdIB.from_output(out, latent_dim=8).eval()
+    enc = model.encode_batch(out, batch)
+    assert torch.equal(enc.items[enc.mine_rows], torch.tensor([2, 3, 4, 5, 9]))
+    for n in (2, 3, 17):
+        for seed in range(20):
+            torch.manual_seed(seed)
+            perm = random_derangement(n)
+            assert sorted(perm.tolist()) == list(range(n))
+            assert bool((perm != torch.arange(n)).all()), perm
+
+
+def test_encoders_gain_nothing_from_dv_below_the_floor():
+    torch.manual_seed(0)
+    out = make_output(requires_grad=True)
+    batch = make_batch(32)
+    model = MRdIB.from_output(out, latent_dim=8, alpha1=0.0, alpha3=0.0).eval()
+    a, b = model.pairs[0]
+    with torch.no_grad():  # a critic that scores joint pairs low: DV < 0 for these z
+        model.critic(a, b).lin2.bias.fill_(0.0)
+    res = None
+    for seed in range(50):
+        torch.manual_seed(seed)
+        res = model(out, batch)
+        if res.terms['redundant'] < 0:
+            break
+    assert res.terms['redundant'] < 0, 'no batch gave a negative DV'
+    (res.loss - res.terms['synergy']).sum().backward()  # the redundant part of the loss
+    assert all(mo.item.grad is None or mo.item.grad.abs().max() == 0
+               for mo in out.modalities.values())
+    # the plain bound (floor None) would have pushed it further down
+    plain = MRdIB.from_output(out, latent_dim=8, alpha1=0.0, alpha3=0.0,
+                              redundant_floor=None).eval()
+    plain.load_state_dict(model.state_dict())
+    torch.manual_seed(seed)
+    res = plain(out, batch)
+    (res.loss - res.terms['synergy']).backward()
+    assert out.modalities['image'].item.grad.abs().max() > 0
+
+
+def test_logvar_is_bounded_and_input_scale_free():
+    torch.manual_seed(0)
+    enc = VariationalEncoder(16, 4, logvar_bound=6.0)
+    x = torch.randn(5, 16)
+    mu, logvar = enc(1e4 * x)
+    assert logvar.abs().max() < 6.0
+    torch.testing.assert_close(enc(x)[0], mu, atol=1e-4, rtol=1e-4)  # row scale removed
+    raw = VariationalEncoder(16, 4, input_norm='none', logvar_bound=None)
+    assert raw(1e4 * x)[1].abs().max() > 6.0
+    with pytest.raises(ValueError, match='input_norm'):
+        VariationalEncoder(16, 4, input_norm='batch')
+
+
+def test_wo_mib_does_not_sample():
+    out = make_output()
+    batch = make_batch()
+    model = MRdIB.from_output(out, latent_dim=8, ablation='wo_mib').train()
+    first, second = model(out, batch), model(out, batch)
+    assert torch.equal(first.z['image'], second.z['image'])
+    noisy = MRdIB.from_output(out, latent_dim=8, ablation='wo_mib', sample_without_kl=True)
+    assert not torch.equal(noisy(out, batch).z['image'], noisy(out, batch).z['image'])
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(alpha1=float('nan')), 'alpha1'), (dict(alpha3=float('inf')), 'alpha3'),
+    (dict(latent_dim=0), 'latent_dim'), (dict(critic_hidden=0), 'critic_hidden'),
+    (dict(redundant_floor=float('nan')), 'redundant_floor')])
+def test_invalid_settings_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MRdIB({'a': 3, 'b': 3}, {'a': 3, 'b': 3}, **kwargs)
