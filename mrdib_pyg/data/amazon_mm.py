@@ -1,12 +1,16 @@
 r"""The :class:`AmazonMM` dataset: any MMRec-style multimodal recommendation folder."""
 import os
 import os.path as osp
+import re
 import warnings
-from typing import Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from torch_geometric.data import HeteroData, InMemoryDataset
 
-from .readers import FEAT_SUFFIX, SPLIT_FILES, SPLIT_NAMES, detect_format, read_raw_folder
+from .cache import (checksum_problem, fingerprint_changes, fingerprint_files, read_record,
+                    write_checked)
+from .readers import (FEAT_SUFFIX, SPLIT_FILES, SPLIT_NAMES, check_is_file, detect_format,
+                      raw_files, read_raw_folder)
 from .schema import ITEM, RATES, USER, build_heterodata, item_features
 
 MMREC_DRIVE_URL = ('https://drive.google.com/drive/folders/'
@@ -20,6 +24,9 @@ KNOWN_COUNTS = {
 }
 
 FILL_OPTIONS = ('keep', 'mean', 'zero')
+
+# Bump when process() changes what it stores: older processed files are then rebuilt.
+PROCESSED_VERSION = 1
 
 
 class AmazonMM(InMemoryDataset):
@@ -58,7 +65,26 @@ class AmazonMM(InMemoryDataset):
     * the number of items must equal every feature file's row count, and NaN/inf features
       are errors (MMRec checks neither);
     * pairs in both training and a held-out split and cold-start users are reported by
-      warnings (and are errors with :obj:`strict=True`), where MMRec is silent.
+      warnings (and are errors with :obj:`strict=True`), where MMRec is silent;
+    * an id range far larger than the ids used (max id + 1 > 2 :math:`\times` distinct
+      ids + 1000, without an id map or, for items, feature files to bound it) is taken
+      for a mistyped id and is an error, unless :obj:`allow_sparse_ids=True`.
+
+    **The processed file is never stale nor silently corrupt.** Beside
+    ``processed/data_<options>.pt`` goes ``processed/fingerprint_<options>.json``: the
+    name, size, modification time and SHA-1 of every raw file the readers look at, the
+    options that change the result (including :obj:`pre_transform`) and the SHA-1 of the
+    processed file. Every load compares them (hashing streams the files; about a quarter
+    of a second for MMRec's Baby features) and, on any difference, re-processes
+    automatically with a warning that says why: which raw file was added, removed or
+    changed (its size or content; a new modification time alone is not a change), which
+    option changed, or that the processed file is corrupted (truncated, emptied, replaced,
+    a flipped byte) or has no fingerprint. The processed folder is only a cache of the raw
+    files, so rebuilding it loses nothing. A processed file whose checksum matches but
+    that still cannot be loaded (e.g. written by an incompatible PyTorch) is an error
+    naming the file; :obj:`force_reload=True` rebuilds it. Each writer (e.g. several DDP
+    ranks processing the same dataset for the first time) writes its own temporary file
+    and renames it into place, so no reader ever sees a torn file.
 
     Args:
         root (str): root folder; the dataset lives in :obj:`root/<name>/`.
@@ -72,17 +98,21 @@ class AmazonMM(InMemoryDataset):
             (default: :obj:`'keep'`)
         strict (bool, optional): raise instead of warning on pairs in both training and a
             held-out split, and on cold-start users. (default: :obj:`False`)
+        allow_sparse_ids (bool, optional): accept user/item id ranges with large unused
+            parts (see above), for genuinely sparse id spaces. (default: :obj:`False`)
         transform (callable, optional): applied to the data object on every access.
             (default: :obj:`None`)
         pre_transform (callable, optional): applied once before saving.
             (default: :obj:`None`)
-        force_reload (bool, optional): re-process even if a processed file exists.
-            (default: :obj:`False`)
+        force_reload (bool, optional): re-process even if an up-to-date processed file
+            exists. (default: :obj:`False`)
 
     Raises:
+        ValueError: if :obj:`name` is not a plain folder name (``.``, ``..``, or a path).
         ~mrdib_pyg.data.readers.DatasetFormatError: (a :class:`ValueError`) on any
             malformed or inconsistent raw file, naming the file and the line/row/field.
-        RuntimeError: if the raw files are absent (see :meth:`download`).
+        RuntimeError: if the raw files are absent (see :meth:`download`), or if the
+            processed file cannot be loaded although its checksum matches.
 
     **STATS:** (MMRec's preprocessing; the splits are MMRec's random per-user splits)
 
@@ -126,19 +156,30 @@ class AmazonMM(InMemoryDataset):
         transform: Optional[Callable] = None,
         pre_transform: Optional[Callable] = None,
         force_reload: bool = False,
+        allow_sparse_ids: bool = False,
     ) -> None:
         if fill_missing not in FILL_OPTIONS:
             raise ValueError(f"'{self.__class__.__name__}' does not support "
                              f"fill_missing='{fill_missing}' (expected one of "
                              f"{FILL_OPTIONS})")
-        if not name or osp.basename(name) != name:
-            raise ValueError(f"'{self.__class__.__name__}' expects a plain folder name "
-                             f"(got name={name!r})")
+        if name in ('', '.', '..') or re.search(r'[/\\]', name):
+            raise ValueError(f"'{self.__class__.__name__}' expects a plain folder name, "
+                             f"not a path (got name={name!r})")
         self.name = name
         self.fill_missing = fill_missing
         self.strict = bool(strict)
+        self.allow_sparse_ids = bool(allow_sparse_ids)
         super().__init__(root, transform, pre_transform, force_reload=force_reload)
-        self.load(self.processed_paths[0], data_cls=HeteroData)
+        path = self.processed_paths[0]
+        try:
+            self.load(path, data_cls=HeteroData)
+        except MemoryError:
+            raise
+        except Exception as e:  # the checksum matched: not a torn or flipped file
+            raise RuntimeError(
+                f"{self.__class__.__name__}: cannot load the processed file '{path}' "
+                f"({type(e).__name__}: {e}); pass force_reload=True to rebuild it from "
+                f"the raw files") from e
 
     @property
     def raw_dir(self) -> str:
@@ -155,15 +196,62 @@ class AmazonMM(InMemoryDataset):
         return files if fmt is not None else [f'{self.name}.inter']
 
     @property
+    def _options_tag(self) -> str:
+        # Every option that changes the stored graph is in the file names.
+        return (f'_fill-{self.fill_missing}' + ('_strict' if self.strict else '') +
+                ('_sparse' if self.allow_sparse_ids else ''))
+
+    @property
     def processed_file_names(self) -> str:
-        # Every option that changes the stored graph is in the name.
-        strict = '_strict' if self.strict else ''
-        return f'data_fill-{self.fill_missing}{strict}.pt'
+        return f'data{self._options_tag}.pt'
+
+    @property
+    def fingerprint_path(self) -> str:
+        r"""The JSON record of what the processed file was built from (see above)."""
+        return osp.join(self.processed_dir, f'fingerprint{self._options_tag}.json')
+
+    def _options(self) -> Dict[str, Any]:
+        pre = 'None' if self.pre_transform is None else re.sub(
+            r' at 0x[0-9a-fA-F]+', '', str(self.pre_transform))  # no memory address
+        return dict(version=PROCESSED_VERSION, name=self.name,
+                    fill_missing=self.fill_missing, strict=self.strict,
+                    allow_sparse_ids=self.allow_sparse_ids, pre_transform=pre)
+
+    def _stale_reason(self) -> Optional[str]:
+        # Why the existing processed file is not what the raw files and options give now.
+        record = read_record(self.fingerprint_path)
+        if record is not None:
+            old, now = record.get('options', {}), self._options()
+            changed = [f"option '{k}' changed ({old.get(k)!r} -> {v!r})"
+                       for k, v in now.items() if old.get(k) != v]
+            if changed:
+                return ', '.join(changed)
+            changes = fingerprint_changes(record.get('raw', {}),
+                                          fingerprint_files(raw_files(self.raw_dir)))
+            if changes:
+                return f"{changes} (in '{self.raw_dir}')"
+        return checksum_problem(self.processed_paths[0], record, self.fingerprint_path)
+
+    def _process(self) -> None:
+        # PyG's Dataset._process re-processes only when the processed file is absent or
+        # force_reload=True; also do it when the file is stale or corrupted, and say why.
+        if not self.force_reload and osp.exists(self.processed_paths[0]):
+            reason = self._stale_reason()
+            if reason is not None:
+                warnings.warn(f"{self.__class__.__name__} '{self.name}': re-processing the "
+                              f"raw files because {reason}", stacklevel=5)
+                self.force_reload = True
+        super()._process()
 
     def download(self) -> None:
         r"""Never touches the network: MMRec's files sit in a Google Drive *folder*,
         which cannot be fetched by file id, so this raises a :class:`RuntimeError` that
-        says which files to put where by hand."""
+        says which files to put where by hand (or a
+        :class:`~mrdib_pyg.data.readers.DatasetFormatError` if a raw file is there but is
+        a broken symbolic link or a link loop)."""
+        for path in self.raw_paths:  # there, but a link loop, a broken link, ...
+            if osp.lexists(path):
+                check_is_file(path)
         present = sorted(os.listdir(self.raw_dir)) if osp.isdir(self.raw_dir) else []
         known = self.name.lower() in KNOWN_COUNTS
         source = (f"The published MMRec files (Baby/Sports/Clothing/...) are in the "
@@ -184,7 +272,10 @@ class AmazonMM(InMemoryDataset):
             f"See datasets/README.md.")
 
     def process(self) -> None:
-        parts = read_raw_folder(self.raw_dir, self.name, strict=self.strict)
+        # Fingerprint first: a raw file changed while being read is seen as changed later.
+        raw = fingerprint_files(raw_files(self.raw_dir))
+        parts = read_raw_folder(self.raw_dir, self.name, strict=self.strict,
+                                allow_sparse_ids=self.allow_sparse_ids)
         if not parts.features:
             warnings.warn(f"{self.__class__.__name__} '{self.name}': no "
                           f"'<modality>{FEAT_SUFFIX}' file in '{self.raw_dir}'; the dataset "
@@ -203,15 +294,9 @@ class AmazonMM(InMemoryDataset):
         if self.pre_transform is not None:
             data = self.pre_transform(data)
 
-        # Write beside the target, then rename: a failure never leaves a stale file.
-        path = self.processed_paths[0]
-        tmp = path + '.tmp'
-        try:
-            self.save([data], tmp)
-            os.replace(tmp, path)
-        finally:
-            if osp.exists(tmp):
-                os.remove(tmp)
+        # Own temporary files, renamed into place, with the fingerprint and checksum.
+        write_checked(self.processed_paths[0], lambda tmp: self.save([data], tmp),
+                      self.fingerprint_path, dict(options=self._options(), raw=raw))
 
     def _check_known_counts(self, data: HeteroData) -> None:
         expected = KNOWN_COUNTS.get(self.name.lower())

@@ -14,11 +14,11 @@ per batch.
     top-:math:`k` that never materialises the :math:`I \times I` similarity
     matrix (Clothing has 23,033 items).
 """
+import glob
 import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -28,6 +28,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 from torch_geometric.transforms import BaseTransform
 
+from mrdib_pyg.data.cache import file_sha1, temp_beside
 from mrdib_pyg.data.schema import ITEM, RATES, USER, item_features
 
 __all__ = [
@@ -374,12 +375,16 @@ def cached_graph(
     :obj:`processed/` folder) or builds it with :obj:`build_fn()` and stores
     it.
 
-    The file name is :obj:`{name}__{param_slug(params)}__{fingerprint}.pt`:
+    The file name is
+    :obj:`{name}__{param_slug(params)}__{fingerprint}__{checksum}.pt`:
     it encodes every parameter and a fingerprint of the inputs (see
     :func:`tensor_fingerprint`), so a cached graph can never be stale: any
-    change gives a new file. Writes go to a temporary file in the same folder
-    followed by :func:`os.replace`, so a crash never leaves a truncated cache
-    and concurrent writers (e.g. DDP ranks) are safe.
+    change gives a new file. It ends with the SHA-1 (16 hex digits) of the
+    file's own bytes, so a truncated, replaced or bit-flipped file (which
+    :func:`torch.load` often reads without complaint) is detected; it is then
+    deleted and rebuilt with a warning. Each writer writes its own temporary
+    file in the same folder followed by :func:`os.replace`, so a crash never
+    leaves a truncated cache and concurrent writers (e.g. DDP ranks) are safe.
 
     Args:
         cache_dir (str): folder of the cache files (created if missing).
@@ -397,20 +402,30 @@ def cached_graph(
         raise ValueError(f"'cached_graph' needs a non-empty fingerprint "
                          f"(got '{data_fingerprint}')")
     os.makedirs(cache_dir, exist_ok=True)
-    path = os.path.join(cache_dir, f'{name}__{param_slug(params)}__{fp}.pt')
-    if os.path.exists(path):
-        return torch.load(path, weights_only=True)
+    stem = os.path.join(cache_dir, f'{name}__{param_slug(params)}__{fp}')
+    pattern = glob.escape(stem) + '__' + '[0-9a-f]' * 16 + '.pt'
+    for path in sorted(glob.glob(pattern)):
+        try:
+            if file_sha1(path)[:16] == path[len(stem) + 2:-3]:
+                return torch.load(path, weights_only=True)
+            problem = ('is corrupted (its content does not match the checksum '
+                       'in its name)')
+        except Exception as e:  # unreadable, or loads no more
+            problem = f'cannot be loaded ({type(e).__name__}: {e})'
+        warnings.warn(f"cached graph '{path}' {problem}; rebuilding it",
+                      stacklevel=2)
+        try:
+            os.remove(path)
+        except OSError:  # another process got there first
+            pass
     out = build_fn()
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f'.{name}.',
-                               suffix='.tmp')
+    tmp = temp_beside(stem)
     try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(out, f)
-        os.replace(tmp, path)
-    except BaseException:
+        torch.save(out, tmp)
+        os.replace(tmp, f'{stem}__{file_sha1(tmp)[:16]}.pt')
+    finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise
     return out
 
 

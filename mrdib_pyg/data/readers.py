@@ -14,6 +14,7 @@ Every reader validates what it reads and raises :class:`DatasetFormatError` (a
 :class:`ValueError`) naming the file, the line/row/field where there is one, and what is
 wrong. Nothing here writes to disk.
 """
+import errno
 import json
 import os
 import os.path as osp
@@ -33,6 +34,10 @@ SPLIT_NAMES = ('train', 'val', 'test')
 INTER_COLUMNS = ('userID', 'itemID', 'x_label')
 FEAT_SUFFIX = '_feat.npy'
 MISSING_SUFFIX = '_missing.txt'
+ID_MAP_FILES = ('user2id.json', 'item2id.json')
+# Without an id map (or, for items, feature files) the counts are max id + 1; see
+# read_raw_folder for when a sparse id range is taken for a typo.
+SPARSE_SLACK = 1000
 
 _INT = re.compile(r'[+-]?\d+')
 
@@ -43,6 +48,27 @@ class DatasetFormatError(ValueError):
 
 def _fail(path: str, what: str) -> DatasetFormatError:
     return DatasetFormatError(f"'{path}': {what}")
+
+
+def check_is_file(path: str) -> None:
+    r"""Raise a :class:`DatasetFormatError` that says what :obj:`path` is (missing, a
+    directory, a broken link, a link loop, ...) unless it is a regular file."""
+    if osp.isfile(path):
+        return
+    if osp.isdir(path):
+        what = 'is a directory, not a file'
+    elif osp.islink(path):
+        try:
+            os.stat(path)
+            what = 'is a symbolic link to something that is not a regular file'
+        except OSError as e:
+            what = ('is a symbolic link loop' if e.errno == errno.ELOOP else
+                    f"is a broken symbolic link (to '{os.readlink(path)}')")
+    elif osp.lexists(path):
+        what = 'is not a regular file'
+    else:
+        what = 'is missing'
+    raise _fail(path, what)
 
 
 # Format detection ############################################################
@@ -88,6 +114,17 @@ def detect_format(folder: str, name: str) -> Tuple[Optional[str], List[str]]:
     return None, []
 
 
+def raw_files(folder: str) -> List[str]:
+    r"""The paths of every file in :obj:`folder` that the readers may read (``*.inter``,
+    the JSON splits and id maps, ``*_feat.npy``, ``*_missing.txt``), sorted: what a
+    processed dataset depends on."""
+    if not osp.isdir(folder):
+        return []
+    return [osp.join(folder, f) for f in sorted(os.listdir(folder))
+            if (f.endswith(('.inter', FEAT_SUFFIX, MISSING_SUFFIX))
+                or f in SPLIT_FILES + ID_MAP_FILES) and osp.isfile(osp.join(folder, f))]
+
+
 def find_feature_files(folder: str) -> Dict[str, str]:
     r"""Map each modality name to its ``<modality>_feat.npy`` path, sorted by name."""
     if not osp.isdir(folder):
@@ -107,7 +144,9 @@ def read_inter(path: str) -> Dict[str, Tensor]:
 
     Args:
         path (str): the tab-separated file, with a header naming at least
-            :obj:`userID`, :obj:`itemID` and :obj:`x_label` (other columns are ignored).
+            :obj:`userID`, :obj:`itemID` and :obj:`x_label` (other columns are ignored;
+            a UTF-8 byte order mark and spaces around the names are accepted, as pandas
+            accepts them).
 
     Returns:
         dict: :obj:`'train'`, :obj:`'val'`, :obj:`'test'` :math:`\rightarrow`
@@ -116,7 +155,7 @@ def read_inter(path: str) -> Dict[str, Tensor]:
     import pandas as pd  # heavy, only needed for this format
 
     try:
-        with open(path, encoding='utf-8') as f:
+        with open(path, encoding='utf-8-sig') as f:
             header = f.readline().rstrip('\r\n')
     except (OSError, UnicodeDecodeError) as e:
         raise _fail(path, f"cannot read the file ({e})") from e
@@ -132,15 +171,20 @@ def read_inter(path: str) -> Dict[str, Tensor]:
             hint = (' (the header line seems to be missing)'
                     if all(_INT.fullmatch(c) for c in columns) else '')
             raise _fail(path, f"missing column '{col}'; columns found: {columns}{hint}")
+        if columns.count(col) > 1:
+            raise _fail(path, f"line 1: column '{col}' appears {columns.count(col)} times")
     try:
         with warnings.catch_warnings():
             # a row with extra fields would otherwise be shifted or cut silently
             warnings.simplefilter('error', pd.errors.ParserWarning)
             df = pd.read_csv(path, sep='\t', dtype=str, keep_default_na=False,
-                             index_col=False)
+                             index_col=False, encoding='utf-8-sig')
     except Exception as e:  # pandas raises ParserError, ParserWarning, ...
         raise _fail(path, f"cannot parse as tab-separated values{_bad_line(path)} "
                     f"({type(e).__name__}: {e})") from e
+    if len(df) == 0:
+        raise _fail(path, "no interactions: the file holds a header line and no data row")
+    df.columns = [str(c).strip() for c in df.columns]
 
     values = {}
     for col in INTER_COLUMNS:
@@ -183,9 +227,20 @@ def _bad_line(path: str) -> str:
 
 
 def _load_json(path: str) -> object:
+    def unique_keys(pairs: List[Tuple[str, object]]) -> dict:
+        # json.load keeps only the last value of a repeated key: a user's items would be
+        # dropped without a word.
+        out: dict = {}
+        for key, value in pairs:
+            if key in out:
+                raise _fail(path, f"key {key!r} appears twice in one object (only its "
+                            f"last value would be kept)")
+            out[key] = value
+        return out
+
     try:
         with open(path, encoding='utf-8') as f:
-            return json.load(f)
+            return json.load(f, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as e:
         raise _fail(path, f"malformed JSON at line {e.lineno}, column {e.colno}: "
                     f"{e.msg}") from e
@@ -244,25 +299,50 @@ def read_id_map(path: str) -> int:
         raise _fail(path, f"expected a JSON object mapping original ids to integer ids, "
                     f"got {type(obj).__name__}")
     size = len(obj)
+    owner: Dict[int, str] = {}
     for key, value in obj.items():
         idx = _as_id(path, f"key {key!r}", value)
         if idx >= size:
             raise _fail(path, f"key {key!r}: id {idx} is out of range for a map of "
                         f"{size} entries")
+        if idx in owner:
+            raise _fail(path, f"keys {owner[idx]!r} and {key!r} both map to id {idx}; "
+                        f"ids must be 0..{size - 1}, each used once")
+        owner[idx] = key
     return size
 
 
-def check_id_range(pairs: Tensor, kind: str, bound: int, path: str,
-                   bound_from: str) -> None:
-    r"""Raise if a :obj:`kind` ('user' or 'item') id of the :obj:`[2, E]` :obj:`pairs`
-    read from :obj:`path` is not below :obj:`bound`, which comes from :obj:`bound_from`."""
-    row = 0 if kind == 'user' else 1
-    bad = (pairs[row] >= bound).nonzero().view(-1)
-    if bad.numel() > 0:
-        e = int(bad[0])
-        raise _fail(path, f"{kind} id {int(pairs[row, e])} (pair user {int(pairs[0, e])}, "
-                    f"item {int(pairs[1, e])}) is out of range: '{bound_from}' has "
-                    f"{bound} {kind}s")
+def _locate(path: str, row: int, value: int) -> str:
+    # Where user (row 0) or item (row 1) id `value` first occurs in an interaction file:
+    # 'line 17: ' for a .inter file, "user '3', position 1: " for a JSON split.
+    try:
+        if path.endswith('.json'):
+            for key, items in _load_json(path).items():  # type: ignore[union-attr]
+                if row == 0 and int(key) == value:
+                    return f"user {key!r}: "
+                if row == 1 and value in items:
+                    return f"user {key!r}, position {items.index(value)}: "
+        else:
+            with open(path, encoding='utf-8-sig') as f:
+                header = [c.strip() for c in f.readline().split('\t')]
+                col = header.index(INTER_COLUMNS[row])
+                for i, line in enumerate(f, start=2):
+                    cells = line.split('\t')
+                    if (len(cells) > col and _INT.fullmatch(cells[col].strip())
+                            and int(cells[col]) == value):
+                        return f"line {i}: "
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
+    return ''
+
+
+def _id_error(splits: Dict[str, Tensor], sources: Dict[str, str], row: int, value: int,
+              what: str) -> DatasetFormatError:
+    # Name the interaction file (and line or key) holding `value`, then `what` is wrong.
+    split = next(s for s in SPLIT_NAMES if bool((splits[s][row] == value).any()))
+    path = sources[split]
+    kind = ('user', 'item')[row]
+    return _fail(path, f"{_locate(path, row, value)}{kind} id {value} {what}")
 
 
 # Features ####################################################################
@@ -273,7 +353,8 @@ def read_features(path: str) -> Tensor:
 
     Raises:
         DatasetFormatError: if the file is truncated or unreadable, is not a 2-D numeric
-            array, or holds NaN/inf (the first bad row is named).
+            array with at least one column, or holds NaN/inf (the first bad row is
+            named).
     """
     try:
         x = np.load(path, allow_pickle=False)
@@ -284,6 +365,9 @@ def read_features(path: str) -> Tensor:
     if x.ndim != 2:
         raise _fail(path, f"expected a 2-D [num_items, dim] array, got ndim={x.ndim} "
                     f"(shape {tuple(x.shape)})")
+    if x.shape[1] == 0:
+        raise _fail(path, f"shape {tuple(x.shape)}: the features have no column; "
+                    f"expected [num_items, dim] with dim >= 1")
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
         raise _fail(path, f"expected a numeric array, got dtype {x.dtype}")
     x = x.astype(np.float32, copy=False)  # MMRec's files are float64 on disk
@@ -401,26 +485,38 @@ class RawParts:
     missing: Dict[str, Tensor] = field(default_factory=dict)
 
 
-def read_raw_folder(folder: str, name: str, strict: bool = False) -> RawParts:
+def read_raw_folder(folder: str, name: str, strict: bool = False,
+                    allow_sparse_ids: bool = False) -> RawParts:
     r"""Read, validate and clean every file of a raw dataset folder.
 
     :obj:`num_users` / :obj:`num_items` are max id + 1 over all splits (as MMRec), or the
     size of ``user2id.json`` / ``item2id.json`` when present (ids beyond it are errors).
-    :obj:`num_items` must equal the row count of every feature file.
+    :obj:`num_items` must equal the row count of every feature file; an item id beyond
+    the feature rows is reported against the interaction file that holds it.
+
+    Without an id map (and, for items, without feature files) nothing bounds the ids, so
+    one mistyped id would silently define the count. Unless :obj:`allow_sparse_ids`, the
+    largest id is therefore an error (naming its file and line or key) when
+    max id + 1 > 2 :math:`\times` (number of distinct ids) + :obj:`SPARSE_SLACK` (1000):
+    more than half of the id range and over a thousand ids unused.
 
     Args:
         folder (str): the raw folder.
         name (str): the dataset name (selects ``<name>.inter``).
         strict (bool): see :func:`clean_splits`.
+        allow_sparse_ids (bool): accept id spaces with large unused ranges.
     """
     fmt, files = detect_format(folder, name)
     if fmt is None:
         raise _fail(folder, "no '<name>.inter' file nor train/val/test.json found")
-    missing_files = [f for f in files if not osp.isfile(osp.join(folder, f))]
+    for f in files:
+        if osp.lexists(osp.join(folder, f)):
+            check_is_file(osp.join(folder, f))  # a directory, a link loop, ...
+    missing_files = [f for f in files if not osp.lexists(osp.join(folder, f))]
     if missing_files:
         raise _fail(folder, f"missing file(s) {missing_files}")
 
-    bounds: Dict[str, Tuple[int, str]] = {}  # kind -> (size, id map file)
+    maps: Dict[str, Tuple[int, str]] = {}  # kind -> (size, id map file)
     if fmt == MMREC:
         source = osp.join(folder, files[0])
         splits = read_inter(source)
@@ -429,32 +525,54 @@ def read_raw_folder(folder: str, name: str, strict: bool = False) -> RawParts:
         source = f"'{folder}' (train/val/test.json)"
         sources = {s: osp.join(folder, f) for s, f in zip(SPLIT_NAMES, SPLIT_FILES)}
         splits = {s: read_split_json(p) for s, p in sources.items()}
-        for kind in ('user', 'item'):
-            p = osp.join(folder, f'{kind}2id.json')
+        for kind, f in zip(('user', 'item'), ID_MAP_FILES):
+            p = osp.join(folder, f)
             if osp.isfile(p):
-                bounds[kind] = (read_id_map(p), p)
+                maps[kind] = (read_id_map(p), p)
+    if splits['train'].size(1) == 0:
+        raise _fail(sources['train'], "no training interaction" +
+                    (" (no row with x_label 0)" if fmt == MMREC else ""))
+
+    feature_paths = find_feature_files(folder)
+    features = {m: read_features(p) for m, p in feature_paths.items()}
+    first = next(iter(feature_paths.values()), '')
+    rows = None  # the row count of every feature file
+    for m, x in features.items():
+        if rows is not None and x.size(0) != rows:
+            raise _fail(feature_paths[m], f"{x.size(0)} feature rows but "
+                        f"'{osp.basename(first)}' has {rows}; every feature file needs one "
+                        f"row per item")
+        rows = x.size(0)
 
     all_pairs = torch.cat([splits[s] for s in SPLIT_NAMES], dim=1)
     sizes = {}
     for row, kind in enumerate(('user', 'item')):
-        if kind in bounds:
-            for s in SPLIT_NAMES:
-                check_id_range(splits[s], kind, bounds[kind][0], sources[s],
-                               bounds[kind][1])
-            sizes[kind] = bounds[kind][0]
-        else:  # MMRec: max id + 1 over all splits
-            sizes[kind] = int(all_pairs[row].max()) + 1 if all_pairs.numel() else 0
+        ids = all_pairs[row]
+        top = int(ids.max())
+        if kind in maps:
+            bound: Optional[Tuple[int, str]] = (
+                maps[kind][0], f"'{maps[kind][1]}' has {maps[kind][0]} {kind}s")
+        elif kind == 'item' and rows is not None:
+            bound = (rows, f"the feature files have {rows} rows (one per item)")
+        else:
+            bound = None
+        if bound is not None and top >= bound[0]:
+            raise _id_error(splits, sources, row, top, f"is out of range: {bound[1]}")
+        if bound is None and not allow_sparse_ids:
+            distinct = ids.unique().numel()
+            if top + 1 > 2 * distinct + SPARSE_SLACK:
+                raise _id_error(splits, sources, row, top,
+                                f"would make {top + 1} {kind}s although only {distinct} "
+                                f"distinct {kind} ids occur (a mistyped id?); pass "
+                                f"allow_sparse_ids=True if your ids are genuinely sparse")
+        sizes[kind] = maps[kind][0] if kind in maps else top + 1  # MMRec: max id + 1
     num_users, num_items = sizes['user'], sizes['item']
 
-    features = {}
-    for modality, path in find_feature_files(folder).items():
-        x = read_features(path)
-        if x.size(0) != num_items:
-            bound = (f"'{bounds['item'][1]}' gives" if 'item' in bounds else
-                     "the interactions give (max item id + 1)")
-            raise _fail(path, f"{x.size(0)} feature rows but {bound} {num_items} items; "
-                        f"expected one row per item")
-        features[modality] = x
+    if rows is not None and rows != num_items:
+        bound_from = (f"'{maps['item'][1]}' gives" if 'item' in maps else
+                      "the interactions give (max item id + 1)")
+        raise _fail(first, f"{rows} feature rows but {bound_from} {num_items} items; "
+                    f"expected one row per item")
 
     missing = {}
     for f in sorted(os.listdir(folder)):
