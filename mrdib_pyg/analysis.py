@@ -130,7 +130,8 @@ def all_pairs_dv(critic: MINECritic, a: Tensor, b: Tensor, block: int = 256) -> 
 def estimate_mi(z_a: Tensor, z_b: Tensor, train_idx: Index, test_idx: Index,
                 steps: int = 1500, hidden: int = 128, seed: int = 0, lr: float = 1e-3,
                 batch_size: Optional[int] = 256, ema_decay: float = 0.99,
-                weight_decay: float = 1e-4) -> float:
+                weight_decay: float = 1e-4, std_a: Optional[Tensor] = None,
+                std_b: Optional[Tensor] = None) -> float:
     r"""Mutual information :math:`I(A; B)` in nats, estimated by a *fresh* MINE critic on frozen
     representations: trained on the training rows, evaluated on the held-out rows.
 
@@ -175,6 +176,12 @@ def estimate_mi(z_a: Tensor, z_b: Tensor, train_idx: Index, test_idx: Index,
             (default: :obj:`256`)
         ema_decay (float, optional): decay of MINE's moving average. (default: :obj:`0.99`)
         weight_decay (float, optional): Adam weight decay of the critic. (default: :obj:`1e-4`)
+        std_a, std_b (Tensor, optional): per-row standard deviations of Gaussian posteriors
+            whose means are :obj:`z_a`, :obj:`z_b`. Then the estimate is of
+            :math:`I(A; B)` for *samples* :math:`a \sim \mathcal{N}(z_a, \mathrm{diag}\,
+            \sigma_a^2)`: every training step draws new samples (a critic trained on one fixed
+            draw memorises its noise and reads far below zero on held-out rows), the held-out
+            rows are scored on one draw fixed by :obj:`seed`. (default: :obj:`None`)
     """
     if z_a.size(0) != z_b.size(0):
         raise ValueError(f'z_a and z_b must have the same rows, got {z_a.size(0)} and '
@@ -184,8 +191,19 @@ def estimate_mi(z_a: Tensor, z_b: Tensor, train_idx: Index, test_idx: Index,
     tr, te = _as_index(train_idx, 'cpu'), _as_index(test_idx, 'cpu')
     if te.numel() < 2:
         raise ValueError('estimate_mi needs at least 2 held-out rows')
-    a, b = _standardise(a, tr), _standardise(b, tr)
     gen = torch.Generator().manual_seed(int(seed))
+    sa = None if std_a is None else std_a.detach().to('cpu', torch.float32)
+    sb = None if std_b is None else std_b.detach().to('cpu', torch.float32)
+
+    def draw(x: Tensor, std: Optional[Tensor], rows: Tensor) -> Tensor:
+        if std is None:
+            return x[rows]
+        return x[rows] + std[rows] * torch.randn(x[rows].shape, generator=gen)
+
+    # standardise with the statistics of one draw of the training rows
+    a_tr, b_tr = draw(a, sa, tr), draw(b, sb, tr)
+    mean_a, scale_a = a_tr.mean(0), a_tr.std(0, unbiased=False) + 1e-8
+    mean_b, scale_b = b_tr.mean(0), b_tr.std(0, unbiased=False) + 1e-8
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         critic = MINECritic(a.size(1), b.size(1), hidden=hidden, ema_decay=ema_decay)
@@ -196,13 +214,15 @@ def estimate_mi(z_a: Tensor, z_b: Tensor, train_idx: Index, test_idx: Index,
     for _ in range(int(steps)):
         rows = tr[torch.randperm(n_tr, generator=gen)[:bs]]
         perm = random_derangement(bs, generator=gen)
-        loss = critic.mine_loss(a[rows], b[rows], perm=perm)
+        loss = critic.mine_loss((draw(a, sa, rows) - mean_a) / scale_a,
+                                (draw(b, sb, rows) - mean_b) / scale_b, perm=perm)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     critic.eval()
     with torch.no_grad():
-        return all_pairs_dv(critic, a[te], b[te])
+        return all_pairs_dv(critic, (draw(a, sa, te) - mean_a) / scale_a,
+                            (draw(b, sb, te) - mean_b) / scale_b)
 
 
 def tsne_2d(x: Tensor, seed: int = 0, perplexity: float = 30.0, **kwargs) -> Tensor:

@@ -63,11 +63,13 @@ class MRdIBPlugin(TrainingPlugin):
     the updated critics. During the first :obj:`critic_warmup` batches the redundant term is
     left out of the encoders' loss (the critics train, the encoders do not yet follow them).
 
-    Every :obj:`mi_probe_every` epochs (0: never) a *fresh* critic is trained on the posterior
-    means of a random half of (at most :obj:`mi_probe_items`) items and evaluated on the other
-    half (:func:`~mrdib_pyg.analysis.estimate_mi`), beside the training critic's value on the
-    same held-out items: :obj:`mi_fresh` and (with the redundant term on) :obj:`mi_critic` in
-    the epoch's diagnostics. A
+    Every :obj:`mi_probe_every` epochs (0: never) a *fresh* critic is trained on one sample
+    :math:`z_m \sim q(z_m|x_m)` of a random half of (at most :obj:`mi_probe_items`) items and
+    evaluated on the other half (:func:`~mrdib_pyg.analysis.estimate_mi`): :obj:`mi_fresh`,
+    an estimate of the :math:`I(z_a; z_b)` the redundant term targets. Beside it:
+    :obj:`mi_critic`, the training critic's DV value on the same held-out samples (with the
+    redundant term on), and :obj:`mi_fresh_mu`, the fresh estimate on the posterior means
+    (:math:`I(\mu_a; \mu_b)`, without the sampling noise). A
     training critic far below the fresh one is lagging, and the encoders then follow a wrong
     gradient.
 
@@ -134,23 +136,32 @@ class MRdIBPlugin(TrainingPlugin):
         from mrdib_pyg.analysis import all_pairs_dv, estimate_mi
         model.eval()
         mrdib.eval()
-        mu = mrdib.encode(model.embeddings())
+        out = model.embeddings()
         gen = torch.Generator().manual_seed(self.seed + epoch)
+        mu, std = {}, {}
+        for m in mrdib.modalities:
+            mu[m], logvar = mrdib.encoder(m)(out.modalities[m].item)
+            std[m] = (0.5 * logvar).exp() if mrdib.samples else torch.zeros_like(mu[m])
         n = mu[mrdib.modalities[0]].size(0)
         rows = torch.randperm(n, generator=gen)[:min(n, self.mi_probe_items)]
-        half = rows.numel() // 2
-        tr, te = rows[:half], rows[half:]
-        fresh = critic = 0.0
+        tr, te = rows[:rows.numel() // 2], rows[rows.numel() // 2:]
+        logs = {'mi_fresh': 0.0, 'mi_fresh_mu': 0.0, 'mi_critic': 0.0}
         for a, b in mrdib.pairs:
             with torch.enable_grad():
-                fresh += estimate_mi(mu[a], mu[b], tr, te, steps=self.mi_probe_steps,
-                                     seed=self.seed + epoch)
-            critic += all_pairs_dv(mrdib.critic(a, b), mu[a][te.to(mu[a].device)],
-                                   mu[b][te.to(mu[b].device)])
+                logs['mi_fresh'] += estimate_mi(mu[a], mu[b], tr, te, steps=self.mi_probe_steps,
+                                                seed=self.seed + epoch, std_a=std[a],
+                                                std_b=std[b])
+                logs['mi_fresh_mu'] += estimate_mi(mu[a], mu[b], tr, te,
+                                                   steps=self.mi_probe_steps,
+                                                   seed=self.seed + epoch)
+            idx = te.to(mu[a].device)  # the training critic on one draw of the same rows
+            za = mu[a][idx] + std[a][idx] * torch.randn(mu[a][idx].shape, generator=gen).to(mu[a])
+            zb = mu[b][idx] + std[b][idx] * torch.randn(mu[b][idx].shape, generator=gen).to(mu[b])
+            logs['mi_critic'] += all_pairs_dv(mrdib.critic(a, b), za, zb)
         mrdib.train()
         if not mrdib.computes_redundant:  # no training critic to compare
-            return {'mi_fresh': fresh}
-        return {'mi_fresh': fresh, 'mi_critic': critic}
+            del logs['mi_critic']
+        return logs
 
     def state_dict(self) -> Dict[str, Any]:
         state = {'module': self.module.state_dict(), 'step': self.step}

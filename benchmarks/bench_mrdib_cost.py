@@ -1,0 +1,95 @@
+r"""MRdIB's own cost per training batch, on Baby shapes, apart from any backbone.
+
+A VBPR-like output of the Amazon Baby sizes (19,445 users, 7,050 items, two 64-d modality
+tables that require gradients, as the backbone's would) and random BPR batches of 2,048
+triples. One measured step is everything MRdIB adds to a batch: its critic step(s) with the
+critic optimiser, its loss terms, and their backward pass into the modality tables. The
+median over ``--steps`` steps (after ``--warmup``) is reported, with the critic step and the
+loss+backward timed apart.
+
+The script runs on whichever version of the library is importable, so the cost before and
+after a change is measured by running it on both checkouts in one session, alternately:
+
+    python benchmarks/bench_mrdib_cost.py --threads 1 --label after
+    (cd OLD_CHECKOUT && python /path/to/bench_mrdib_cost.py --threads 1 --label before)
+"""
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, print_table, write_json  # noqa: E402
+
+from mrdib_pyg.nn.mrdib import MRdIB  # noqa: E402
+from mrdib_pyg.nn.output import BPRBatch, ModalityOutput, RecOutput  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--users', type=int, default=19445)
+    p.add_argument('--items', type=int, default=7050)
+    p.add_argument('--dim', type=int, default=64)
+    p.add_argument('--batch', type=int, default=2048)
+    p.add_argument('--steps', type=int, default=40)
+    p.add_argument('--warmup', type=int, default=5)
+    p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--label', default='current')
+    p.add_argument('--out', default=None, help='JSON file name under benchmarks/results')
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    d = args.dim
+    tables = {m: torch.randn(args.items, d, requires_grad=True) for m in ('text', 'image')}
+    theta = torch.randn(args.users, d, requires_grad=True)
+    out = RecOutput(user=torch.randn(args.users, 2 * d), item=torch.randn(args.items, 2 * d),
+                    modalities={m: ModalityOutput(t) for m, t in tables.items()},
+                    modality_user=theta)
+    mrdib = MRdIB.from_output(out)
+    main_opt = torch.optim.Adam(list(mrdib.main_parameters()), lr=1e-3)
+    critic_opt = torch.optim.Adam(mrdib.critic_parameters(), lr=1e-3)
+    new_api = hasattr(mrdib, 'encode_batch')
+    critic_s, loss_s, total_s = [], [], []
+    for step in range(args.warmup + args.steps):
+        batch = BPRBatch(torch.randint(0, args.users, (args.batch,)),
+                         torch.randint(0, args.items, (args.batch,)),
+                         torch.randint(0, args.items, (args.batch,)))
+        t0 = time.perf_counter()
+        if new_api:  # one encoding of the batch, reused (detached) by the critic
+            enc = mrdib.encode_batch(out, batch)
+            critic_opt.zero_grad(set_to_none=True)
+            mrdib.critic_loss(enc).backward()
+            critic_opt.step()
+            t1 = time.perf_counter()
+            loss = mrdib.loss_terms(out, batch, enc).loss
+        else:  # the previous implementation: the critic step encodes the batch again
+            critic_opt.zero_grad(set_to_none=True)
+            mrdib.critic_step_loss(out, batch).backward()
+            critic_opt.step()
+            t1 = time.perf_counter()
+            loss = mrdib(out, batch).loss
+        main_opt.zero_grad(set_to_none=True)
+        for t in (*tables.values(), theta):
+            t.grad = None
+        loss.backward()
+        main_opt.step()
+        t2 = time.perf_counter()
+        if step >= args.warmup:
+            critic_s.append(t1 - t0)
+            loss_s.append(t2 - t1)
+            total_s.append(t2 - t0)
+    row = {'label': args.label, 'threads': args.threads,
+           'critic step ms': 1e3 * statistics.median(critic_s),
+           'loss+backward ms': 1e3 * statistics.median(loss_s),
+           'total ms': 1e3 * statistics.median(total_s)}
+    print_table([row], list(row))
+    write_json(args.out or f'mrdib_cost_{args.label}_t{args.threads}.json',
+               dict(args=vars(args), machine=machine(), result=row,
+                    total_ms_all=[1e3 * s for s in total_s]))
+
+
+if __name__ == '__main__':
+    main()
