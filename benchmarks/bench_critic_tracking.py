@@ -31,7 +31,7 @@ from mrdib_pyg.train.trainer import build_trainer  # noqa: E402
 
 #: name -> (ablation, critic_steps, critic_lr, critic_warmup)
 SETTINGS = {
-    'critic 1 step, lr 1e-3 (previous default)': ('full', 1, 1e-3, 0),
+    'critic 1 step, lr 1e-3 (default)': ('full', 1, 1e-3, 0),
     'critic 5 steps, lr 1e-3': ('full', 5, 1e-3, 0),
     'critic 5 steps, lr 5e-3, warm-up 50': ('full', 5, 5e-3, 50),
     'no redundant term': ('wo_redundant', 5, 5e-3, 50),
