@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import sys
+import traceback
 import typing
 from typing import Any, Dict, List, Optional
 
@@ -40,10 +41,14 @@ HELP = {
 def _parse_kv(items: List[str], flag: str) -> Dict[str, Any]:
     out = {}
     for item in items or []:
-        if '=' not in item:
-            raise SystemExit(f"{flag} expects KEY=VALUE (got '{item}')")
-        key, value = item.split('=', 1)
-        out[key.strip()] = parse_value(value)
+        key, eq, value = item.partition('=')
+        if not eq or not key.strip():
+            raise ValueError(f"{flag} expects KEY=VALUE (got '{item}')")
+        try:
+            out[key.strip()] = parse_value(value)
+        except Exception as e:  # yaml's errors: an unclosed [ or {, a stray tab, ...
+            problem = getattr(e, 'problem', None) or type(e).__name__
+            raise ValueError(f"{flag} {item}: cannot read the value ({problem})") from None
     return out
 
 
@@ -94,16 +99,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(argv: Optional[List[str]] = None) -> (TrainConfig, argparse.Namespace):
+    r"""The :class:`TrainConfig` of the command line :obj:`argv` (not yet validated) and the
+    parsed arguments."""
     args = build_parser().parse_args(argv)
-    from_file = TrainConfig.from_yaml(args.config) if args.config else None
+    from_file = TrainConfig.read_yaml(args.config) if args.config else {}
     flags = {k: v for k, v in vars(args).items()
              if k in TrainConfig.field_names() and v is not None}
-    dataset = flags.get('dataset', from_file.dataset if from_file else TrainConfig.dataset)
+    dataset = flags.get('dataset', from_file.get('dataset', TrainConfig.dataset))
     # defaults < dataset preset < --config file < flags
-    cfg = TrainConfig().update(DATASET_PRESETS.get(dataset, {}), source='dataset preset')
-    if from_file is not None:
-        cfg.update(TrainConfig.read_yaml(args.config), source=args.config)
+    preset = DATASET_PRESETS.get(dataset, {}) if isinstance(dataset, str) else {}
+    cfg = TrainConfig().update(preset, source='dataset preset')
+    cfg.update(from_file, source=args.config)
     cfg.update(flags, source='command line')
+    for name in ('model_args', 'dataset_args'):
+        if not isinstance(getattr(cfg, name), dict):
+            raise ValueError(f"{name} in {args.config} must be a mapping of argument: value "
+                             f"(got {getattr(cfg, name)!r})")
     if args.model_arg:
         cfg.model_args = {**cfg.model_args, **_parse_kv(args.model_arg, '--model-arg')}
     if args.dataset_arg:
@@ -124,18 +135,43 @@ def format_table(result) -> str:
     return '\n'.join(lines)
 
 
+#: Errors the command line reports in one line (exit status 2) instead of a traceback. The
+#: first five carry messages written for users; the others name their type, since they
+#: may come from a bug (MRDIB_TRACEBACK=1 shows where).
+USER_ERRORS = (ValueError, KeyError, RuntimeError, OSError, ImportError)
+OTHER_ERRORS = (TypeError, ArithmeticError, EOFError, AssertionError, LookupError)
+
+
+def error_message(err: BaseException) -> str:
+    r"""One line for :obj:`err`, as the command line prints it."""
+    if isinstance(err, KeyError):
+        key = err.args[0] if err.args else None
+        if isinstance(key, str) and ' ' in key.strip():
+            return key  # already a sentence
+        frames = traceback.extract_tb(err.__traceback__)
+        where = (f' (looked up in {frames[-1].name}(), {os.path.basename(frames[-1].filename)} '
+                 f'line {frames[-1].lineno})' if frames else '')
+        return f'unknown key {key!r}{where}'
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.strerror or type(err).__name__}: '{err.filename}'"
+    if isinstance(err, USER_ERRORS) or isinstance(err, FloatingPointError):
+        return str(err) or type(err).__name__
+    return (f"{type(err).__name__}: {str(err) or '(no message)'} (an unexpected error: set "
+            f"MRDIB_TRACEBACK=1 to see where, and report it if the input looks right)")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    cfg, args = config_from_args(argv)
-    from mrdib_pyg.train.trainer import run  # heavy imports after argument errors
     try:
+        cfg, args = config_from_args(argv)
+        cfg.validate()  # before the heavy imports and any data is loaded
+        from mrdib_pyg.train.trainer import run
         result = run(cfg)
-    except (ValueError, KeyError, RuntimeError, FileNotFoundError, ImportError) as err:
+    except USER_ERRORS + OTHER_ERRORS as err:
         # Input and configuration errors carry their own explanation; a traceback of the
         # library's internals would only bury it (MRDIB_TRACEBACK=1 shows it anyway).
-        if os.environ.get('MRDIB_TRACEBACK'):
+        if os.environ.get('MRDIB_TRACEBACK', '') not in ('', '0'):
             raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f'mrdib-train: error: {message}', file=sys.stderr)
+        print(f'mrdib-train: error: {error_message(err)}', file=sys.stderr)
         return 2
     if args.json:
         json.dump(result.to_dict(), sys.stdout, indent=1)

@@ -1,10 +1,14 @@
 r"""Training configuration: one flat dataclass, loaded from YAML, overridden from the command
 line, and failing loudly on unknown keys (MMRec silently reads missing keys as None)."""
+import collections.abc
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
-
+import inspect
+import math
+import os
 import re
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import yaml
 
@@ -35,6 +39,117 @@ def parse_value(text: str) -> Any:
 DATASET_PRESETS: Dict[str, Dict[str, Any]] = {
     'synthetic': {'lr': 5e-3, 'batch_size': 1024},
 }
+
+#: The accepted values of the string options (as AmazonMM, MRdIB and its encoders define them).
+CHOICES: Dict[str, Tuple[str, ...]] = {
+    'fill_missing': ('keep', 'mean', 'zero'),
+    'ablation': ('full', 'wo_mib', 'wo_redundant', 'wo_unique', 'mib_only'),
+    'input_norm': ('layer', 'none'),
+}
+#: The metrics the trainer evaluates; ``valid_metric`` is one of them at a K of ``topk``.
+VALID_METRICS = ('Recall', 'NDCG', 'Precision', 'MAP')
+
+
+def option_name(name: str) -> str:
+    r"""How an option reads in messages: its YAML key and its flag, ``latent_dim (--latent-dim)``."""
+    flag = {'model_args': '--model-arg', 'dataset_args': '--dataset-arg'}.get(
+        name, '--' + name.replace('_', '-'))
+    return f'{name} ({flag})'
+
+
+def matches_type(value: Any, hint: Any) -> bool:
+    r"""Whether :obj:`value` fits the type hint :obj:`hint` (int, float, str, bool, None,
+    Optional/Union, tuples, sequences, dicts; any other hint is left to the callee)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is type(None):
+        return value is None
+    if origin is typing.Union:
+        return any(matches_type(value, a) for a in args)
+    if origin in (tuple, list, collections.abc.Sequence):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(map(matches_type, value, args))
+        return all(matches_type(v, args[0]) for v in value) if args else True
+    if hint is dict or origin is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def describe_type(hint: Any) -> str:
+    r"""What a type hint accepts, in words: ``an integer``, ``a list of 2 integers``, ..."""
+    plural = {int: 'integers', float: 'numbers', str: 'strings', bool: 'true/false values'}
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        return ' or '.join(describe_type(a) for a in args)
+    if origin in (tuple, list, collections.abc.Sequence):
+        if origin is tuple and args and args[-1] is not Ellipsis and len(set(args)) == 1:
+            return f'a list of {len(args)} {plural.get(args[0], "values")}'
+        return f'a list of {plural.get(args[0], "values")}' if args else 'a list'
+    return {bool: 'true or false', int: 'an integer', float: 'a number', str: 'a string',
+            type(None): 'none', dict: 'a mapping'}.get(origin or hint, str(hint))
+
+
+def check_kwargs(values: Dict[str, Any], callables: Sequence[Callable], what: str, flag: str,
+                 taken: Optional[Dict[str, str]] = None) -> None:
+    r"""Raise :class:`ValueError` if :obj:`values` (e.g. ``--model-arg`` pairs) holds an
+    argument that none of :obj:`callables` (e.g. a model's ``from_data`` and constructor)
+    takes by keyword, or a value of the wrong type for its annotation or default.
+    :obj:`taken` maps arguments the caller sets itself to the option that sets them."""
+    params: Dict[str, inspect.Parameter] = {}
+    open_ended = True
+    for fn in callables:
+        try:
+            sig = inspect.signature(fn, eval_str=True)
+        except Exception:  # unresolvable annotations: check the names only
+            sig = inspect.signature(fn)
+        kinds = {p.kind for p in sig.parameters.values()}
+        open_ended &= inspect.Parameter.VAR_KEYWORD in kinds
+        for p in sig.parameters.values():
+            if p.default is not p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                params.setdefault(p.name, p)
+    for key, value in values.items():
+        if taken and key in taken:
+            raise ValueError(f"{what}: argument '{key}' is set by {taken[key]}, not {flag}")
+        if key not in params:
+            if open_ended:
+                continue
+            raise ValueError(f"{what} has no argument '{key}' ({flag} {key}=...); its "
+                             f"arguments are: {', '.join(sorted(params))}")
+        p = params[key]
+        hint = p.annotation
+        if hint is p.empty:
+            hint = type(p.default) if isinstance(p.default, (bool, int, float, str)) else Any
+        if not matches_type(value, hint):
+            raise ValueError(f"{what}: argument '{key}' expects {describe_type(hint)} "
+                             f"(got {value!r})")
+
+
+def _nearest_existing(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
+def _check_folder(path: str, name: str, purpose: str) -> None:
+    r"""Raise :class:`ValueError` unless :obj:`path` is a folder (or can be created as one)
+    that this user can write into."""
+    where = _nearest_existing(path)
+    if not os.path.isdir(where):
+        what = 'is a file' if where == os.path.abspath(path) else f"is inside the file '{where}'"
+        raise ValueError(f"{option_name(name)} '{path}' {what}, not a folder ({purpose})")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise ValueError(f"{option_name(name)} '{path}' is not writable: permission denied on "
+                         f"'{where}' ({purpose})")
 
 
 @dataclass
@@ -93,23 +208,107 @@ class TrainConfig:
 
     def update(self, values: Dict[str, Any], source: str = 'config') -> 'TrainConfig':
         r"""Set :obj:`values`, raising on unknown keys (naming :obj:`source`)."""
-        unknown = sorted(set(values) - set(self.field_names()))
+        unknown = sorted(str(k) for k in set(values) - set(self.field_names()))
         if unknown:
             raise KeyError(f"Unknown option(s) {unknown} in {source}; valid options: "
                            f"{', '.join(self.field_names())}")
         for key, value in values.items():
-            if key == 'topk':
-                value = tuple(int(k) for k in value)
+            if key == 'topk' and isinstance(value, (list, tuple)):
+                value = tuple(value)  # validate() checks the entries
+            elif key == 'topk' and isinstance(value, int) and not isinstance(value, bool):
+                value = (value, )
             setattr(self, key, value)
         return self
+
+    def validate(self) -> 'TrainConfig':
+        r"""Raise :class:`ValueError`, naming the option and its value, if an option has the
+        wrong type or a value out of range (a run on such a value would end in a traceback
+        or, worse, in silently wrong results). Returns :obj:`self`."""
+        hints = typing.get_type_hints(type(self))
+        for name in self.field_names():
+            value = getattr(self, name)
+            if not matches_type(value, hints[name]):
+                raise ValueError(f"{option_name(name)} expects {describe_type(hints[name])} "
+                                 f"(got {value!r})")
+
+        def check(name: str, ok: bool, rule: str) -> None:
+            if not ok:
+                raise ValueError(f"{option_name(name)} must be {rule} "
+                                 f"(got {getattr(self, name)!r})")
+
+        for name in ('epochs', 'batch_size', 'eval_batch_size', 'latent_dim', 'critic_hidden'):
+            check(name, getattr(self, name) >= 1, 'an integer >= 1')
+        for name in ('patience', 'critic_steps', 'critic_warmup', 'mi_probe_every'):
+            check(name, getattr(self, name) >= 0, 'an integer >= 0')
+        for name in ('encoder_hidden', 'fusion_hidden'):
+            check(name, getattr(self, name) is None or getattr(self, name) >= 1,
+                  'an integer >= 1, or none')
+        for name in ('lr', 'critic_lr'):
+            check(name, math.isfinite(getattr(self, name)) and getattr(self, name) > 0,
+                  'a finite number > 0')
+        for name in ('weight_decay', 'alpha1', 'alpha2', 'alpha3'):
+            check(name, math.isfinite(getattr(self, name)) and getattr(self, name) >= 0,
+                  'a finite number >= 0')
+        check('seed', 0 <= self.seed < 2 ** 32, 'an integer in [0, 2**32)')
+        check('ema_decay', 0 <= self.ema_decay < 1, 'a number in [0, 1)')
+        check('logvar_bound', self.logvar_bound is None or self.logvar_bound > 0,
+              'a number > 0, or none')
+        check('redundant_floor', self.redundant_floor is None
+              or math.isfinite(self.redundant_floor), 'a finite number, or none')
+        for name, choices in CHOICES.items():
+            check(name, getattr(self, name) in choices, f"one of {', '.join(choices)}")
+        for name in ('dataset', 'model', 'device'):
+            check(name, bool(getattr(self, name).strip()), 'a non-empty name')
+        check('topk', len(self.topk) > 0 and min(self.topk) >= 1,
+              'one or more integers >= 1')
+        metric, _, k = self.valid_metric.partition('@')
+        check('valid_metric', metric in VALID_METRICS and re.fullmatch('[0-9]+', k) is not None
+              and int(k) in self.topk,
+              f"METRIC@K with METRIC one of {', '.join(VALID_METRICS)} and K one of topk "
+              f"{' '.join(map(str, self.topk))}, e.g. Recall@{20 if 20 in self.topk else self.topk[0]}")
+        if self.replace and not self.mrdib:
+            raise ValueError(f"{option_name('replace')} needs mrdib=True (--mrdib)")
+        return self
+
+    def check_paths(self) -> None:
+        r"""Raise :class:`ValueError` if :obj:`out_dir` is a file or cannot be written, or if
+        :obj:`root` (read by every dataset but the embedded ``synthetic`` one) is a file or
+        its processed folder cannot be created: found before training, not after the
+        last epoch."""
+        if self.out_dir:
+            _check_folder(self.out_dir, 'out_dir', 'results.json and best.pt are written there')
+        if self.dataset != 'synthetic':
+            folder = os.path.join(self.root, self.dataset)
+            for path in (self.root, folder):
+                if os.path.exists(path) and not os.path.isdir(path):
+                    raise ValueError(f"{option_name('root')}: '{path}' is a file, not a folder "
+                                     f"(datasets are read from ROOT/NAME/raw/)")
+            if os.path.isdir(os.path.join(folder, 'raw')):
+                _check_folder(os.path.join(folder, 'processed'), 'root',
+                              'the processed dataset is cached in ROOT/NAME/processed/')
 
     @staticmethod
     def read_yaml(path: str) -> Dict[str, Any]:
         r"""The option mapping of a YAML file (not yet validated)."""
-        with open(path) as f:
-            values = yaml.load(f, Loader=_Loader) or {}
+        try:
+            with open(path) as f:
+                values = yaml.load(f, Loader=_Loader)
+        except OSError as e:
+            raise ValueError(f"cannot read the config file '{path}': "
+                             f"{e.strerror or e}") from e
+        except UnicodeDecodeError as e:
+            raise ValueError(f"the config file '{path}' is not a text file "
+                             f"(byte {e.start}: {e.reason})") from e
+        except yaml.YAMLError as e:
+            mark = getattr(e, 'problem_mark', None)
+            where = f' at line {mark.line + 1}, column {mark.column + 1}' if mark else ''
+            problem = getattr(e, 'problem', None) or str(e).splitlines()[0]
+            raise ValueError(f"the config file '{path}' is not valid YAML: "
+                             f"{problem}{where}") from e
+        values = {} if values is None else values
         if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping of option: value at the top level")
+            raise ValueError(f"the config file '{path}' must hold a mapping of option: value "
+                             f"at the top level (got a {type(values).__name__})")
         return values
 
     @classmethod

@@ -31,9 +31,28 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    r"""The device :obj:`name` (``'auto'``: CUDA if available, else CPU), raising
+    :class:`ValueError` if it is malformed or not available on this machine."""
     if name == 'auto':
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device (--device) '{name}' is not a device name; expected 'auto', "
+                         f"'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type == 'cuda':
+        if not torch.cuda.is_available():
+            why = ('this PyTorch build has no CUDA support' if torch.version.cuda is None
+                   else 'no CUDA GPU is visible')
+            raise ValueError(f"device (--device) '{name}' is not available: {why}; use "
+                             f"--device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device (--device) '{name}' is not available: this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s), numbered from 0")
+    elif device.type == 'mps' and not torch.backends.mps.is_available():
+        raise ValueError(f"device (--device) '{name}' is not available on this machine; use "
+                         f"--device cpu (or auto)")
+    return device
 
 
 def load_data(cfg: TrainConfig) -> HeteroData:
@@ -298,7 +317,27 @@ def build_trainer(cfg: TrainConfig, data: HeteroData) -> Trainer:
 
 def run(cfg: TrainConfig, data: Optional[HeteroData] = None) -> TrainResult:
     r"""Load data, build the model (and MRdIB), train, and write ``results.json`` to
-    :obj:`cfg.out_dir` when set. Returns the :class:`TrainResult`."""
+    :obj:`cfg.out_dir` when set. Returns the :class:`TrainResult`.
+
+    The options, the device, the output and data folders and the model and dataset
+    arguments are checked first, before any data is loaded (:class:`ValueError`)."""
+    from mrdib_pyg.train.config import check_kwargs
+    cfg.validate()
+    resolve_device(cfg.device)
+    cfg.check_paths()
+    if cfg.model not in MODELS:
+        raise ValueError(f"Unknown model '{cfg.model}' (available: {', '.join(MODELS)})")
+    model_cls = MODELS[cfg.model]
+    check_kwargs(cfg.model_args, [model_cls.from_data, model_cls], f"model '{cfg.model}'",
+                 '--model-arg')
+    if data is None and cfg.dataset == 'synthetic':
+        from mrdib_pyg.data.synthetic import SyntheticMM
+        check_kwargs(cfg.dataset_args, [SyntheticMM], "dataset 'synthetic'", '--dataset-arg')
+    elif data is None:
+        from mrdib_pyg.data.amazon_mm import AmazonMM
+        check_kwargs(cfg.dataset_args, [AmazonMM], f"dataset '{cfg.dataset}'", '--dataset-arg',
+                     taken={'root': '--root', 'name': '--dataset',
+                            'fill_missing': '--fill-missing'})
     seed_everything(cfg.seed)
     data = load_data(cfg) if data is None else data
     if has_generated_features(data):
