@@ -25,15 +25,23 @@ class MRdIBOutput:
             :obj:`'redundant'` (the plain Donsker–Varadhan value summed over modality pairs, an
             MI estimate in nats, also when it is below the floor). A switched-off term is
             absent. :obj:`'sigma'` (mean posterior standard deviation) is a diagnostic.
-        z (dict): modality :math:`\rightarrow` :obj:`[B, latent_dim]` sampled :math:`z_m` of
-            the batch's positive items (rows aligned with :obj:`batch.pos`; the means in
-            evaluation mode).
-        z_neg (dict): the same for the negative items.
+        encoding (BatchEncoding): the batch's posteriors and samples.
+
+    :attr:`z` and :attr:`z_neg` (modality :math:`\rightarrow` :obj:`[B, latent_dim]` samples of
+    the positive / negative items, rows aligned with the batch; the means in evaluation mode)
+    are gathered on access only.
     """
     loss: Tensor
     terms: Dict[str, Tensor]
-    z: Dict[str, Tensor]
-    z_neg: Dict[str, Tensor] = field(default_factory=dict)
+    encoding: 'BatchEncoding'
+
+    @property
+    def z(self) -> Dict[str, Tensor]:
+        return {m: z[self.encoding.pos] for m, z in self.encoding.z.items()}
+
+    @property
+    def z_neg(self) -> Dict[str, Tensor]:
+        return {m: z[self.encoding.neg] for m, z in self.encoding.z.items()}
 
 
 @dataclass
@@ -47,7 +55,9 @@ class BatchEncoding:
             :obj:`items`.
         mine_rows (Tensor): rows of the *unique positive* items (the redundant term's pairs:
             an item repeated in the batch must not pair with itself as a "marginal" pair).
-        mu (dict), logvar (dict), z (dict): modality :math:`\rightarrow` :obj:`[N, d]`.
+        mu (dict), logvar (dict), std (dict), z (dict): modality :math:`\rightarrow`
+            :obj:`[N, d]` (:obj:`std` :math:`= e^{\ell/2}`, computed once for the sample, the
+            KL and the logs).
     """
     items: Tensor
     pos: Tensor
@@ -55,6 +65,7 @@ class BatchEncoding:
     mine_rows: Tensor
     mu: Dict[str, Tensor]
     logvar: Dict[str, Tensor]
+    std: Dict[str, Tensor]
     z: Dict[str, Tensor]
 
     def mine_pairs(self, detach: bool = False) -> Dict[str, Tensor]:
@@ -143,7 +154,7 @@ class VariationalEncoder(nn.Module):
         if self.logvar_bound is None:
             return mu, raw
         bound = self.logvar_bound
-        return mu, bound * torch.tanh(raw / bound)
+        return mu, bound * torch.tanh(raw * (1.0 / bound))
 
     def extra_repr(self) -> str:
         return f'input_norm={self.input_norm}, logvar_bound={self.logvar_bound}'
@@ -456,14 +467,15 @@ class MRdIB(nn.Module):
         B = batch.pos.numel()
         items, inverse = torch.unique(torch.cat([batch.pos, batch.neg]), return_inverse=True)
         mine_rows = torch.unique(inverse[:B])
-        mu, logvar, z = {}, {}, {}
+        mu, logvar, std, z = {}, {}, {}, {}
         for m in self.modalities:
             mu[m], logvar[m] = self._posterior(m, out.modalities[m].item[items])
+            std[m] = torch.exp(0.5 * logvar[m])
             if self.training and self.samples:
-                z[m] = mu[m] + torch.randn_like(mu[m]) * torch.exp(0.5 * logvar[m])
+                z[m] = mu[m] + torch.randn_like(mu[m]) * std[m]
             else:
                 z[m] = mu[m]
-        return BatchEncoding(items, inverse[:B], inverse[B:], mine_rows, mu, logvar, z)
+        return BatchEncoding(items, inverse[:B], inverse[B:], mine_rows, mu, logvar, std, z)
 
     # -- losses ---------------------------------------------------------------------------
     def loss_terms(self, out: RecOutput, batch: BPRBatch, enc: Optional[BatchEncoding] = None,
@@ -472,25 +484,34 @@ class MRdIB(nn.Module):
         the batch, :obj:`redundant=False` leaves the DV term out of :obj:`loss` for this batch
         (a critic warm-up) while still reporting its value."""
         enc = self.encode_batch(out, batch) if enc is None else enc
-        users = {m: self.user_map(m)(out.modality_user_table(m)[batch.users])
-                 for m in self.modalities}
+        rows: Dict[int, Tensor] = {}  # modalities sharing a user table gather it once
+        users = {}
+        for m in self.modalities:
+            table = out.modality_user_table(m)
+            if id(table) not in rows:
+                rows[id(table)] = table[batch.users]
+            users[m] = self.user_map(m)(rows[id(table)])
         terms: Dict[str, Tensor] = {}
 
         u_bar = torch.stack([users[m] for m in self.modalities]).mean(0)
-        fused = self.fusion(torch.cat([enc.z[m] for m in self.modalities], dim=-1))
-        terms['synergy'] = bpr_loss((u_bar * fused[enc.pos]).sum(-1),
-                                    (u_bar * fused[enc.neg]).sum(-1))
+        z_all = torch.cat([enc.z[m] for m in self.modalities], dim=-1)
+        heads = [z_all, self.fusion(z_all)] if self.computes_unique else [self.fusion(z_all)]
+        # one gather per side for every head (fewer index/scatter passes than one per head)
+        table = torch.cat(heads, dim=-1) if len(heads) > 1 else heads[0]
+        pos, neg = table[enc.pos], table[enc.neg]
+        d = self.latent_dim
+        terms['synergy'] = bpr_loss((u_bar * pos[:, -d:]).sum(-1), (u_bar * neg[:, -d:]).sum(-1))
         loss = terms['synergy']
 
         if self.computes_kl:
-            terms['kl'] = sum(_kl_std_normal(enc.mu[m], enc.logvar[m]).mean()
-                              for m in self.modalities)
+            terms['kl'] = sum(0.5 * (enc.mu[m].pow(2) + enc.std[m].pow(2) - 1.0
+                                     - enc.logvar[m]).sum(-1).mean() for m in self.modalities)
             loss = loss + self.alpha1 * terms['kl']
         if self.computes_unique:
             terms['unique'] = sum(
-                bpr_loss((users[m] * enc.z[m][enc.pos]).sum(-1),
-                         (users[m] * enc.z[m][enc.neg]).sum(-1))
-                for m in self.modalities)
+                bpr_loss((users[m] * pos[:, k * d:(k + 1) * d]).sum(-1),
+                         (users[m] * neg[:, k * d:(k + 1) * d]).sum(-1))
+                for k, m in enumerate(self.modalities))
             loss = loss + self.alpha3 * terms['unique']
         if self.computes_redundant:
             z = enc.mine_pairs()
@@ -501,11 +522,8 @@ class MRdIB(nn.Module):
                 loss = loss + self.alpha2 * sum(dv if floor is None else dv.clamp(min=floor)
                                                 for dv in dvs)
         with torch.no_grad():
-            terms['sigma'] = torch.stack([enc.logvar[m].mul(0.5).exp().mean()
-                                          for m in self.modalities]).mean()
-        z_pos = {m: enc.z[m][enc.pos] for m in self.modalities}
-        z_neg = {m: enc.z[m][enc.neg] for m in self.modalities}
-        return MRdIBOutput(loss=loss, terms=terms, z=z_pos, z_neg=z_neg)
+            terms['sigma'] = torch.stack([enc.std[m].mean() for m in self.modalities]).mean()
+        return MRdIBOutput(loss=loss, terms=terms, encoding=enc)
 
     def forward(self, out: RecOutput, batch: BPRBatch) -> MRdIBOutput:
         r"""The MRdIB loss terms on a batch (:meth:`loss_terms`). Call in training only."""
