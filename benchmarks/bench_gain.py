@@ -59,6 +59,9 @@ def one_run(dataset, data, backbone, variant, seed, alphas, args) -> dict:
         return json.loads(path.read_text())
     opts = dict(DATASET_OPTIONS[dataset], model=backbone, seed=seed, progress=False,
                 device=args.device, mrdib=variant != 'bare', out_dir=str(path.parent))
+    if dataset == 'baby':  # the data object is passed in; the record names what it is
+        opts.update(dataset='baby' if args.baby_root else 'baby-shared',
+                    root=args.baby_root or str(REPO / 'datasets'))
     if variant != 'bare':
         opts.update(alphas)
     result = run(TrainConfig().update(opts), data=data).to_dict()

@@ -25,7 +25,8 @@ HELP = {
     'fill_missing': "features of items lacking a modality: keep, zero or mean (MMRec)",
     'mrdib': 'train with the MRdIB plug-in (needs a multimodal backbone)',
     'ablation': 'full, wo_mib, wo_redundant, wo_unique, mib_only',
-    'input_norm': "MRdIB encoders' input normalisation: layer (default) or none",
+    'input_norm': "MRdIB encoders' input conditioning: scale (default: divide by the first "
+                  "batch's RMS), layer (LayerNorm per row) or none",
     'logvar_bound': "bound L of the encoders' log-variance, in (-L, L); none: unbounded",
     'redundant_floor': 'encoders minimise max(DV, floor) per modality pair; none: plain DV',
     'critic_steps': 'MINE critic steps per main step',

@@ -44,7 +44,7 @@ DATASET_PRESETS: Dict[str, Dict[str, Any]] = {
 CHOICES: Dict[str, Tuple[str, ...]] = {
     'fill_missing': ('keep', 'mean', 'zero'),
     'ablation': ('full', 'wo_mib', 'wo_redundant', 'wo_unique', 'mib_only'),
-    'input_norm': ('layer', 'none'),
+    'input_norm': ('scale', 'layer', 'none'),
 }
 #: The metrics the trainer evaluates; ``valid_metric`` is one of them at a K of ``topk``.
 VALID_METRICS = ('Recall', 'NDCG', 'Precision', 'MAP')
@@ -189,7 +189,7 @@ class TrainConfig:
     replace: bool = False
     encoder_hidden: Optional[int] = None   # None: one Linear per encoder
     fusion_hidden: Optional[int] = None    # None: latent_dim
-    input_norm: str = 'layer'              # encoders' input: 'layer' or 'none'
+    input_norm: str = 'scale'              # encoders' input: 'scale', 'layer' or 'none'
     logvar_bound: Optional[float] = 6.0    # None: unbounded log-variance
     redundant_floor: Optional[float] = 0.0  # None: encoders descend the plain DV bound
     critic_hidden: int = 128

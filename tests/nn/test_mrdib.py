@@ -445,9 +445,9 @@ def test_encoders_gain_nothing_from_dv_below_the_floor():
     assert out.modalities['image'].item.grad.abs().max() > 0
 
 
-def test_logvar_is_bounded_and_input_scale_free():
+def test_logvar_is_bounded_and_layer_norm_is_row_scale_free():
     torch.manual_seed(0)
-    enc = VariationalEncoder(16, 4, logvar_bound=6.0)
+    enc = VariationalEncoder(16, 4, input_norm='layer', logvar_bound=6.0)
     x = torch.randn(5, 16)
     mu, logvar = enc(1e4 * x)
     assert logvar.abs().max() < 6.0
@@ -456,6 +456,32 @@ def test_logvar_is_bounded_and_input_scale_free():
     assert raw(1e4 * x)[1].abs().max() > 6.0
     with pytest.raises(ValueError, match='input_norm'):
         VariationalEncoder(16, 4, input_norm='batch')
+
+
+def test_scale_conditioning_is_set_once_and_keeps_the_scale_gradient():
+    torch.manual_seed(0)
+    enc = VariationalEncoder(16, 4)  # default: input_norm='scale'
+    x = 50.0 * torch.randn(64, 16)
+    assert float(enc.inv_scale) == 0.0
+    mu, _ = enc(x)
+    assert float(enc.inv_scale) == pytest.approx(1 / float(x.pow(2).mean().sqrt()), rel=1e-5)
+    before = float(enc.inv_scale)
+    enc(3.0 * x)  # later batches do not move the constant
+    assert float(enc.inv_scale) == before
+    # the encoder's input is O(1) at the start, so are its outputs
+    assert mu.abs().max() < 10
+    # the KL still sees the scale of x (a row norm would hide it): d KL / d alpha != 0
+    alpha = torch.tensor(1.0, requires_grad=True)
+    m, lv = enc(alpha * x)
+    _kl_std_normal(m, lv).mean().backward()
+    assert alpha.grad.abs() > 1e-3
+    layer = VariationalEncoder(16, 4, input_norm='layer')
+    alpha = torch.tensor(1.0, requires_grad=True)
+    m, lv = layer(alpha * x)
+    _kl_std_normal(m, lv).mean().backward()
+    assert alpha.grad.abs() < 1e-4
+    # the constant is part of the state (a reloaded module scores the same)
+    assert 'inv_scale' in enc.state_dict()
 
 
 def test_wo_mib_does_not_sample():
