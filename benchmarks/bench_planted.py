@@ -95,6 +95,10 @@ def one_run(data, variant: str, seed: int, args, tr, te, keep_reps: bool) -> Dic
         x = {m: out.modalities[m].item.detach().cpu() for m in ('image', 'text')}
         z = ({m: v.detach().cpu() for m, v in mrdib.encode(out).items()}
              if mrdib is not None else None)
+        # posterior standard deviations: I(z_v; z_t) on samples, what the redundant term sees
+        std = ({m: (0.5 * mrdib.encoder(m)(out.modalities[m].item)[1]).exp().cpu()
+                if mrdib.samples else torch.zeros_like(z[m]) for m in ('image', 'text')}
+               if mrdib is not None else None)
     t1 = time.perf_counter()
     rec = {'variant': variant, 'seed': seed, 'best_epoch': result.best_epoch,
            'epochs_run': result.timings['epochs_run'],
@@ -111,6 +115,8 @@ def one_run(data, variant: str, seed: int, args, tr, te, keep_reps: bool) -> Dic
         rec['probe_z'] = probe_all(z, data, tr, te, args.ridge)
         rec['mi_z'] = estimate_mi(z['image'], z['text'], tr, te, steps=args.mi_steps,
                                   seed=seed)
+        rec['mi_z_samples'] = estimate_mi(z['image'], z['text'], tr, te, steps=args.mi_steps,
+                                          seed=seed, std_a=std['image'], std_b=std['text'])
     rec['analysis_wall_s'] = time.perf_counter() - t1
     if keep_reps:
         rec['_reps'] = {'x': x, 'z': z}
@@ -147,16 +153,18 @@ def summarise(runs: List[Dict], variants: List[str]) -> Dict:
               'train_epoch_median_s')}
         if 'mi_z' in rs[0]:
             s['mi_z'] = mean_std([r['mi_z'] for r in rs])
+            s['mi_z_samples'] = mean_std([r['mi_z_samples'] for r in rs])
         summary[v] = s
         rows.append([v, str(len(rs)), fmt([r['test_Recall@20'] for r in rs]),
                      fmt([r['test_NDCG@20'] for r in rs]),
                      fmt([r['valid_Recall@20'] for r in rs]),
                      fmt([r['mi_x'] for r in rs], 3),
                      fmt([r['mi_z'] for r in rs], 3) if 'mi_z' in rs[0] else '-',
+                     fmt([r['mi_z_samples'] for r in rs], 3) if 'mi_z' in rs[0] else '-',
                      fmt([r['best_epoch'] for r in rs], 1),
                      fmt([r['train_epoch_median_s'] for r in rs], 2)])
     print_rows(['variant', 'seeds', 'Recall@20', 'NDCG@20', 'valid R@20', 'I(x_v;x_t)',
-                'I(z_v;z_t)', 'best ep', 's/epoch'], rows)
+                'I(mu_v;mu_t)', 'I(z_v;z_t) samples', 'best ep', 's/epoch'], rows)
 
     if 'bare' in by:
         print('\n== Difference to bare VBPR (Δ of means; "inside spread" when |Δ| <= '
