@@ -1,5 +1,5 @@
 r"""BPR mini-batches with MMRec's negative sampling, vectorised."""
-from typing import Iterator, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -15,6 +15,10 @@ class BPRSampler:
     items that occur in training, and redrawn while the user has it in training. MMRec
     redraws per row in a Python loop; we redraw all collisions of a batch at once, which
     gives the same distribution.
+
+    All randomness comes from the sampler's own :obj:`generator`, so :meth:`state_dict` after
+    an epoch and :meth:`load_state_dict` in a fresh sampler make it draw exactly the batches
+    the first one would have drawn next (a resumed run continues the same stream).
 
     For distributed training, :obj:`rank`/:obj:`world_size` give each process a disjoint
     share of every epoch's permutation (all ranks must share :obj:`seed`).
@@ -64,6 +68,18 @@ class BPRSampler:
         raise RuntimeError(f"'{self.__class__.__name__}' could not find negatives for users "
                            f"{users[bad].unique().tolist()[:10]}: they interacted with "
                            f"(nearly) every training item")
+
+    def state_dict(self) -> Dict[str, Any]:
+        r"""The generator's state (taken between epochs: an epoch in progress is not saved)."""
+        return {'generator': self.generator.get_state(),
+                'num_interactions': int(self.users.numel())}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        n = state.get('num_interactions')
+        if n is not None and int(n) != self.users.numel():
+            raise ValueError(f"'{self.__class__.__name__}': the saved state is of a sampler over "
+                             f"{n} training interactions, this one has {self.users.numel()}")
+        self.generator.set_state(state['generator'])
 
     def _epoch_rows(self) -> Tensor:
         perm = torch.randperm(self.users.numel(), generator=self.generator)

@@ -3,6 +3,9 @@ r"""``mrdib-train``: the command line over :func:`mrdib_pyg.train.trainer.run`.
 Every :class:`~mrdib_pyg.train.config.TrainConfig` field is an option. Precedence:
 defaults < ``--config file.yaml`` < command-line flags. ``--model-arg k=v`` and
 ``--dataset-arg k=v`` pass constructor arguments (values parsed as YAML scalars).
+
+``--resume DIR`` continues a run from the ``last.pt`` its ``--out-dir`` holds (written after
+every epoch), with the options stored there.
 """
 import argparse
 import dataclasses
@@ -34,7 +37,8 @@ HELP = {
     'mi_probe_every': 'every N epochs, estimate I(z_a; z_b) with a fresh critic on held-out '
                       'items beside the training critic (0: off)',
     'replace': 'MRdIB replace mode (extension): fusion reads the encoder means',
-    'out_dir': 'write results.json and best.pt here',
+    'out_dir': 'write results.json, best.pt (best validation epoch) and last.pt (after every '
+               'epoch, for --resume) here',
     'device': "'auto', 'cpu', 'cuda', 'cuda:1', ...",
 }
 
@@ -81,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--dataset-arg', action='append', metavar='KEY=VALUE',
                    help='dataset constructor argument, e.g. num_users=500 (repeatable)')
     p.add_argument('--json', action='store_true', help='print the result as JSON')
+    p.add_argument('--resume', metavar='DIR',
+                   help='continue the run whose --out-dir was DIR (after a kill, a crash or a '
+                        'reboot) from its last completed epoch, saved in DIR/last.pt after '
+                        'every epoch with the model, the optimisers (MRdIB\'s critic\'s too), '
+                        'the random and sampler states, early stopping and the history. The '
+                        'run keeps its options: only --epochs (to train longer), --progress '
+                        'and --device may differ, any other option given must equal the '
+                        'stored one. On the same device (CPU: the same number of threads, '
+                        'OMP_NUM_THREADS) the results equal those of an uninterrupted run. A '
+                        'finished run (stopped early, or all its epochs done) is reported as '
+                        'it is')
     for f in dataclasses.fields(TrainConfig):
         if f.name in ('model_args', 'dataset_args'):
             continue
@@ -104,8 +119,7 @@ def config_from_args(argv: Optional[List[str]] = None) -> (TrainConfig, argparse
     parsed arguments."""
     args = build_parser().parse_args(argv)
     from_file = TrainConfig.read_yaml(args.config) if args.config else {}
-    flags = {k: v for k, v in vars(args).items()
-             if k in TrainConfig.field_names() and v is not None}
+    flags = _flags(args)
     dataset = flags.get('dataset', from_file.get('dataset', TrainConfig.dataset))
     # defaults < dataset preset < --config file < flags
     preset = DATASET_PRESETS.get(dataset, {}) if isinstance(dataset, str) else {}
@@ -121,6 +135,24 @@ def config_from_args(argv: Optional[List[str]] = None) -> (TrainConfig, argparse
     if args.dataset_arg:
         cfg.dataset_args = {**cfg.dataset_args, **_parse_kv(args.dataset_arg, '--dataset-arg')}
     return cfg, args
+
+
+def _flags(args: argparse.Namespace) -> Dict[str, Any]:
+    return {k: v for k, v in vars(args).items()
+            if k in TrainConfig.field_names() and v is not None}
+
+
+def given_options(args: argparse.Namespace) -> Dict[str, Any]:
+    r"""The options the command line sets itself (``--config`` file, flags, ``--model-arg``
+    and ``--dataset-arg`` pairs), without defaults or presets: what ``--resume`` checks
+    against the stored run."""
+    given = dict(TrainConfig.read_yaml(args.config)) if args.config else {}
+    given.update(_flags(args))
+    for name, items, flag in (('model_args', args.model_arg, '--model-arg'),
+                              ('dataset_args', args.dataset_arg, '--dataset-arg')):
+        if items:
+            given[name] = {**given.get(name, {}), **_parse_kv(items, flag)}
+    return given
 
 
 def format_table(result) -> str:
@@ -164,9 +196,12 @@ def error_message(err: BaseException) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     try:
         cfg, args = config_from_args(argv)
+        if args.resume is not None:  # the stored options, and only those allowed to change
+            from mrdib_pyg.train.trainer import resume_config
+            cfg = resume_config(args.resume, given_options(args))
         cfg.validate()  # before the heavy imports and any data is loaded
         from mrdib_pyg.train.trainer import run
-        result = run(cfg)
+        result = run(cfg, resume=True) if args.resume is not None else run(cfg)
     except USER_ERRORS + OTHER_ERRORS as err:
         # Input and configuration errors carry their own explanation; a traceback of the
         # library's internals would only bury it (MRDIB_TRACEBACK=1 shows it anyway).

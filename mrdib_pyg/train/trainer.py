@@ -1,5 +1,7 @@
 r"""The training loop: BPR batches -> backbone (+ MRdIB) -> Adam, early stopping on
-validation, test at the best validation epoch, checkpoint and a JSON record."""
+validation, test at the best validation epoch, checkpoints (``best.pt``, and ``last.pt``
+after every epoch for resuming) and a JSON record."""
+import glob
 import json
 import math
 import os
@@ -20,14 +22,173 @@ from mrdib_pyg.data.schema import ITEM, RATES, USER, modality_names
 from mrdib_pyg.evaluate import FullRankEvaluator
 from mrdib_pyg.nn.models import MODELS, Recommender
 from mrdib_pyg.nn.mrdib import MRdIB
-from mrdib_pyg.train.config import TrainConfig
+from mrdib_pyg.train.config import TrainConfig, option_name
 from mrdib_pyg.train.plugins import TrainingPlugin, as_plugins
+
+
+#: The checkpoint :meth:`Trainer.fit` writes after every epoch when ``out_dir`` is set.
+LAST = 'last.pt'
+#: Options a resumed run may change (they change neither the data, the model nor the random
+#: streams; a different device changes the arithmetic, so the numbers then differ slightly).
+RESUMABLE = ('epochs', 'progress', 'device')
+#: What a ``last.pt`` holds (besides the plug-ins' states).
+_CHECKPOINT_KEYS = ('format', 'epoch', 'config', 'model', 'optimizer', 'plugins', 'sampler',
+                    'rng', 'early_stopping', 'best_valid', 'test_at_best', 'history',
+                    'train_seconds', 'eval_seconds', 'info')
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def rng_state() -> Dict[str, Any]:
+    r"""The global random states (Python, NumPy, torch CPU, and CUDA once it is in use), as
+    tensors and plain values (a checkpoint with them loads with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state = {'python': random.getstate(), 'torch': torch.get_rng_state(),
+             'numpy': (name, torch.from_numpy(keys.astype(np.int64)), int(pos),
+                       int(has_gauss), float(cached))}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    r"""Restore :func:`rng_state`'s states (CUDA's only where this machine has as many GPUs)."""
+    version, internal, gauss = state['python']
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state['numpy']
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state['torch'])
+    cuda = state.get('cuda')
+    if cuda and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _atomic_save(obj: Any, path: str) -> None:
+    r""":func:`torch.save` to a temporary file beside :obj:`path`, then rename it: a kill at
+    any moment leaves either the old file or the new one, never half of one."""
+    folder = os.path.dirname(path) or '.'
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _same(a: Any, b: Any) -> bool:
+    r"""Equal as options (a tuple equals the list of the same values)."""
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def read_checkpoint(path: str) -> Dict[str, Any]:
+    r"""The ``last.pt`` checkpoint at :obj:`path` (the file, or the run's folder holding it),
+    on the CPU, raising :class:`ValueError` with the reason if it is missing, damaged or not
+    such a checkpoint. It loads with ``weights_only=True``: reading it never runs code."""
+    file = os.path.join(path, LAST) if os.path.isdir(path) else path
+    if not os.path.exists(file):
+        where = (f"'{path}' holds no {LAST}" if os.path.isdir(path)
+                 else f"'{path}' does not exist")
+        raise ValueError(f"cannot resume: {where} (a run writes {LAST} into its --out-dir "
+                         f"after every epoch)")
+    try:
+        state = torch.load(file, map_location='cpu', weights_only=True)
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split('. ')[0]
+        raise ValueError(f"cannot resume from '{file}': the file is damaged or truncated "
+                         f"({reason}); a killed run never leaves it so (it is replaced "
+                         f"atomically): was it copied incompletely? Copy it again, or start "
+                         f"the run afresh") from None
+    missing = ([k for k in _CHECKPOINT_KEYS if k not in state] if isinstance(state, dict)
+               else list(_CHECKPOINT_KEYS))
+    if missing:
+        raise ValueError(f"cannot resume from '{file}': it is not a {LAST} checkpoint of "
+                         f"mrdib-train (it lacks {', '.join(missing)}); best.pt holds only "
+                         f"the best weights")
+    return state
+
+
+def resume_config(path: str, changes: Optional[Dict[str, Any]] = None) -> TrainConfig:
+    r"""The options of the run whose checkpoint is :obj:`path` (its folder or its
+    ``last.pt``), with its folder as :obj:`out_dir`.
+
+    :obj:`changes` are options given again for the resumed run: those equal to the stored
+    ones are accepted, :data:`RESUMABLE` ones (``epochs``, ``progress``, ``device``) are
+    applied, and any other difference raises :class:`ValueError` (a resumed run with other
+    options would be neither the old run nor a new one). ``model_args``/``dataset_args``
+    are merged into the stored ones first."""
+    state = read_checkpoint(path)
+    folder = path if os.path.isdir(path) else (os.path.dirname(path) or '.')
+    cfg = TrainConfig().update(state['config'], source=f"the checkpoint in '{folder}'")
+    conflicts = []
+    for key, value in (changes or {}).items():
+        if key == 'out_dir':
+            if value and os.path.realpath(value) != os.path.realpath(folder):
+                conflicts.append(f"{option_name(key)} '{value}' (a resumed run writes into "
+                                 f"its own folder '{folder}')")
+            continue
+        if key in ('model_args', 'dataset_args') and isinstance(value, dict):
+            value = {**getattr(cfg, key), **value}
+        new = getattr(TrainConfig().update({key: value}, source='the resumed options'), key)
+        if _same(new, getattr(cfg, key)):
+            continue
+        if key in RESUMABLE:
+            setattr(cfg, key, new)
+        else:
+            conflicts.append(f'{option_name(key)} {new!r} (the run used {getattr(cfg, key)!r})')
+    if conflicts:
+        allowed = ', '.join(option_name(k) for k in RESUMABLE)
+        raise ValueError(f"cannot resume '{folder}' with other options: "
+                         f"{'; '.join(conflicts)}. A resumed run keeps the options it started "
+                         f"with (only {allowed} may change); start a new run in another "
+                         f"--out-dir to change them")
+    stored = cfg.out_dir
+    if not (stored and os.path.realpath(stored) == os.path.realpath(folder)):
+        cfg.out_dir = folder  # the folder was moved, or is named by another path
+    return cfg
+
+
+def check_checkpoint_options(state: Dict[str, Any], cfg: TrainConfig) -> None:
+    r"""Raise :class:`ValueError` if :obj:`cfg` differs from the checkpoint's options in
+    more than the :data:`RESUMABLE` ones and :obj:`out_dir` (options newer than the
+    checkpoint are left out: it was written without them)."""
+    stored, mine = state['config'], cfg.to_dict()
+    differ = [k for k in mine if k in stored and k not in RESUMABLE + ('out_dir', )
+              and not _same(stored[k], mine[k])]
+    if differ:
+        raise ValueError('the checkpoint was written with other options: '
+                         + '; '.join(f'{option_name(k)} {stored[k]!r} there, '
+                                     f'{mine[k]!r} here' for k in differ)
+                         + ' (resume_config gives the options to resume with)')
+
+
+def checkpoint_finished(state: Dict[str, Any], cfg: TrainConfig) -> bool:
+    r"""Whether the run of checkpoint :obj:`state` is over under :obj:`cfg`: stopped early,
+    or at its last epoch (a larger ``epochs`` continues it)."""
+    return (state['early_stopping']['bad_epochs'] > cfg.patience
+            or state['epoch'] + 1 >= cfg.epochs)
+
+
+def result_from_checkpoint(state: Dict[str, Any]) -> 'TrainResult':
+    r"""The :class:`TrainResult` of a finished run, as its checkpoint stored it."""
+    return TrainResult(dict(state['config']), state['early_stopping']['best_epoch'],
+                       state['best_valid'], state['test_at_best'], state['history'],
+                       _timings(state['train_seconds'], state['eval_seconds'],
+                                len(state['history'])), state['info'])
+
+
+def _timings(train_times: List[float], eval_times: List[float], epochs_run: int):
+    return {'train_epoch_median_s': float(np.median(train_times)),
+            'eval_pass_median_s': float(np.median(eval_times)),
+            'epochs_run': epochs_run, 'total_s': float(sum(train_times) + sum(eval_times))}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -167,6 +328,21 @@ class Trainer:
     improves (the same test number MMRec reports at the best validation epoch, without
     evaluating test on every other epoch). Hyper-parameters are never chosen on test.
 
+    With :obj:`cfg.out_dir` set, :meth:`fit` writes ``best.pt`` (:meth:`save`) whenever
+    validation improves, and ``last.pt`` (:meth:`save_checkpoint`) after every epoch, each
+    atomically (a temporary file renamed over the old one), so a run killed at any moment,
+    even mid-write, leaves the last completed epoch's checkpoint. ``last.pt`` holds all a
+    run's state: the epoch, the options, the model, the main optimiser, every plug-in's
+    state (MRdIB's includes its critic optimiser, its MINE moving averages and its step
+    counter), the sampler's generator, the global random states (Python, NumPy, torch, CUDA),
+    early stopping, the best validation/test metrics, the history, the timings and the run
+    info. :meth:`load_checkpoint` on a trainer built as the run's was
+    (:func:`build_trainer` on the same options and data) restores it all, and :meth:`fit`
+    then continues with the next epoch: on the same device (on CPU, with the same number of
+    threads) it draws the same batches and reaches exactly the uninterrupted run's numbers.
+    ``mrdib-train --resume DIR`` (:func:`run` with :obj:`resume=True`) does this from the
+    command line.
+
     Args:
         model (Recommender): the backbone.
         data (HeteroData): the dataset (training edges feed the sampler; val/test the
@@ -200,6 +376,7 @@ class Trainer:
                      'generated_features': has_generated_features(data),
                      'feature_source': str(getattr(data, 'feature_source', 'files')),
                      'device': str(self.device)}
+        self._resumed: Optional[Dict[str, Any]] = None  # set by load_checkpoint, read by fit
 
     # -- one epoch ----------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> Dict[str, float]:
@@ -239,12 +416,27 @@ class Trainer:
 
     # -- the whole run ------------------------------------------------------------------
     def fit(self) -> TrainResult:
+        r"""Train until :obj:`cfg.epochs` or early stopping; after :meth:`load_checkpoint`,
+        from the epoch after the checkpoint's, with its history and early-stopping state."""
         cfg = self.cfg
         stopper = EarlyStopping(cfg.patience)
         history, train_times, eval_times = [], [], []
         best_valid, test_at_best = {}, {}
+        start = 0
+        if self._resumed is not None:
+            state, self._resumed = self._resumed, None
+            es = state['early_stopping']
+            stopper.best, stopper.best_epoch, stopper.bad_epochs = (
+                float(es['best']), int(es['best_epoch']), int(es['bad_epochs']))
+            history, best_valid, test_at_best = (list(state['history']), state['best_valid'],
+                                                 state['test_at_best'])
+            train_times, eval_times = list(state['train_seconds']), list(state['eval_seconds'])
+            start = state['epoch'] + 1
         ckpt = os.path.join(cfg.out_dir, 'best.pt') if cfg.out_dir else None
-        bar = tqdm(range(cfg.epochs), desc='training', disable=not cfg.progress)
+        last = os.path.join(cfg.out_dir, LAST) if cfg.out_dir else None
+        epochs = range(start, cfg.epochs) if not stopper.should_stop else range(0)
+        bar = tqdm(epochs, desc='training', disable=not cfg.progress, initial=start,
+                   total=max(cfg.epochs, start))
         for epoch in bar:
             t0 = time.perf_counter()
             losses = self.train_epoch(epoch)
@@ -265,30 +457,62 @@ class Trainer:
                 if ckpt:
                     self.save(ckpt, epoch)
             history.append(record)
+            if last:
+                self.save_checkpoint(last, {
+                    'epoch': epoch, 'best_valid': best_valid, 'test_at_best': test_at_best,
+                    'early_stopping': {'best': stopper.best, 'best_epoch': stopper.best_epoch,
+                                       'bad_epochs': stopper.bad_epochs},
+                    'history': history, 'train_seconds': train_times,
+                    'eval_seconds': eval_times})
             bar.set_postfix(loss=f"{losses.get('loss', float('nan')):.4f}",
                             **{cfg.valid_metric: f'{valid[cfg.valid_metric]:.4f}'},
                             best=stopper.best_epoch)
             if stopper.should_stop:
                 break
-        timings = {'train_epoch_median_s': float(np.median(train_times)),
-                   'eval_pass_median_s': float(np.median(eval_times)),
-                   'epochs_run': len(history), 'total_s': float(sum(train_times)
-                                                                  + sum(eval_times))}
         return TrainResult(cfg.to_dict(), stopper.best_epoch, best_valid, test_at_best,
-                           history, timings, self.info)
+                           history, _timings(train_times, eval_times, len(history)), self.info)
 
     def save(self, path: str, epoch: int) -> None:
-        os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+        r"""The weights of epoch :obj:`epoch` (model and plug-ins), atomically."""
         state = {'epoch': epoch, 'model': self.model.state_dict(), 'config': self.cfg.to_dict(),
                  'plugins': {p.name: p.state_dict() for p in self.plugins}}
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', suffix='.tmp')
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        _atomic_save(state, path)
+
+    def save_checkpoint(self, path: str, progress: Dict[str, Any]) -> None:
+        r"""Everything needed to continue after this epoch (see the class docs), atomically.
+        :obj:`progress` is :meth:`fit`'s loop state: ``epoch`` (the one just completed),
+        ``early_stopping``, ``best_valid``, ``test_at_best``, ``history`` and the
+        ``train_seconds``/``eval_seconds`` lists. Call it between epochs: the sampler and
+        random states must be those the next epoch starts from."""
+        state = dict(progress)
+        state.update({'format': 1, 'config': self.cfg.to_dict(),
+                      'model': self.model.state_dict(), 'optimizer': self.optimizer.state_dict(),
+                      'plugins': {p.name: p.state_dict() for p in self.plugins},
+                      'sampler': self.sampler.state_dict(), 'rng': rng_state(),
+                      'info': self.info})
+        _atomic_save(state, path)
+
+    def load_checkpoint(self, checkpoint) -> int:
+        r"""Restore a :meth:`save_checkpoint` checkpoint (a ``last.pt`` path, its folder, or
+        :func:`read_checkpoint`'s result) so that :meth:`fit` continues after its epoch.
+        The trainer must be built as the checkpoint's was: options other than
+        :data:`RESUMABLE` ones, or plug-ins, that differ raise :class:`ValueError`.
+        Restores the global random states too. Returns the checkpoint's epoch."""
+        state = read_checkpoint(checkpoint) if isinstance(checkpoint, str) else checkpoint
+        check_checkpoint_options(state, self.cfg)
+        names = sorted(p.name for p in self.plugins)
+        if sorted(state['plugins']) != names:
+            raise ValueError(f"the checkpoint holds the plug-ins {sorted(state['plugins'])}, "
+                             f"this trainer has {names}")
+        self.model.load_state_dict(state['model'])
+        self.optimizer.load_state_dict(state['optimizer'])
+        for plugin in self.plugins:
+            plugin.load_state_dict(state['plugins'][plugin.name])
+        self.sampler.load_state_dict(state['sampler'])
+        self.model.invalidate_cache()
+        set_rng_state(state['rng'])  # last: nothing may draw between here and fit()
+        self._resumed = state
+        return int(state['epoch'])
 
     def load_best(self, path: str) -> int:
         state = torch.load(path, map_location=self.device, weights_only=False)
@@ -315,12 +539,19 @@ def build_trainer(cfg: TrainConfig, data: HeteroData) -> Trainer:
     return Trainer(model, data, cfg, mrdib)
 
 
-def run(cfg: TrainConfig, data: Optional[HeteroData] = None) -> TrainResult:
+def run(cfg: TrainConfig, data: Optional[HeteroData] = None,
+        resume: bool = False) -> TrainResult:
     r"""Load data, build the model (and MRdIB), train, and write ``results.json`` to
     :obj:`cfg.out_dir` when set. Returns the :class:`TrainResult`.
 
     The options, the device, the output and data folders and the model and dataset
-    arguments are checked first, before any data is loaded (:class:`ValueError`)."""
+    arguments are checked first, before any data is loaded (:class:`ValueError`).
+
+    With :obj:`resume=True`, continue the run whose ``last.pt`` is in :obj:`cfg.out_dir`
+    (:obj:`cfg` as :func:`resume_config` gives it): data, model and plug-ins are rebuilt as
+    above, the checkpoint's states loaded (:meth:`Trainer.load_checkpoint`), and training
+    goes on from the epoch after it. A run that is already over (stopped early, or at its
+    last epoch) is not rebuilt: its stored result is returned (and written) as it is."""
     from mrdib_pyg.train.config import check_kwargs
     cfg.validate()
     resolve_device(cfg.device)
@@ -338,12 +569,26 @@ def run(cfg: TrainConfig, data: Optional[HeteroData] = None) -> TrainResult:
         check_kwargs(cfg.dataset_args, [AmazonMM], f"dataset '{cfg.dataset}'", '--dataset-arg',
                      taken={'root': '--root', 'name': '--dataset',
                             'fill_missing': '--fill-missing'})
-    seed_everything(cfg.seed)
-    data = load_data(cfg) if data is None else data
-    if has_generated_features(data):
-        warnings.warn('This dataset carries GENERATED features (not the real image/text '
-                      'features); report results as such', stacklevel=2)
-    result = build_trainer(cfg, data).fit()
+    state = None
+    if resume:
+        if not cfg.out_dir:
+            raise ValueError('resume=True needs out_dir: the folder of the run to continue')
+        state = read_checkpoint(cfg.out_dir)
+        check_checkpoint_options(state, cfg)
+        for partial in glob.glob(os.path.join(glob.escape(cfg.out_dir), '.*.pt.*.tmp')):
+            os.remove(partial)  # what a kill during _atomic_save left behind
+    if state is not None and checkpoint_finished(state, cfg):
+        result = result_from_checkpoint(state)
+    else:
+        seed_everything(cfg.seed)
+        data = load_data(cfg) if data is None else data
+        if has_generated_features(data):
+            warnings.warn('This dataset carries GENERATED features (not the real image/text '
+                          'features); report results as such', stacklevel=2)
+        trainer = build_trainer(cfg, data)
+        if state is not None:
+            trainer.load_checkpoint(state)
+        result = trainer.fit()
     if cfg.out_dir:
         os.makedirs(cfg.out_dir, exist_ok=True)
         path = os.path.join(cfg.out_dir, 'results.json')
