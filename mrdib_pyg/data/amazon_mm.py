@@ -253,6 +253,7 @@ class AmazonMM(InMemoryDataset):
             if osp.lexists(path):
                 check_is_file(path)
         present = sorted(os.listdir(self.raw_dir)) if osp.isdir(self.raw_dir) else []
+        absent = [osp.basename(p) for p in self.raw_paths if not osp.lexists(p)]
         known = self.name.lower() in KNOWN_COUNTS
         source = (f"The published MMRec files (Baby/Sports/Clothing/...) are in the "
                   f"Google Drive folder {MMREC_DRIVE_URL} ; download the "
@@ -261,7 +262,8 @@ class AmazonMM(InMemoryDataset):
                   f"{MMREC_DRIVE_URL} .")
         raise RuntimeError(
             f"{self.__class__.__name__}: the raw files of dataset '{self.name}' are "
-            f"missing from '{self.raw_dir}' (found: {present or 'nothing'}). They cannot "
+            f"missing from '{self.raw_dir}' (missing: {absent}; found: "
+            f"{present or 'nothing'}). They cannot "
             f"be downloaded automatically. Put there either\n"
             f"  (MMRec format) '{self.name}.inter' (tab-separated: userID, itemID, "
             f"x_label) plus optional 'image_feat.npy' and 'text_feat.npy', or\n"

@@ -39,7 +39,11 @@ ID_MAP_FILES = ('user2id.json', 'item2id.json')
 # read_raw_folder for when a sparse id range is taken for a typo.
 SPARSE_SLACK = 1000
 
-_INT = re.compile(r'[+-]?\d+')
+_INT = re.compile(r'[+-]?[0-9]+')  # ASCII digits: \d would also take '١' or '５' for ids
+INT64_MAX = 2 ** 63 - 1
+# Names the HeteroData layout gives to node types and relations (mrdib_pyg.data.schema):
+# a modality of that name would be mistaken for them.
+RESERVED_MODALITY_NAMES = ('user', 'item', 'rates', 'rev_rates', 'has', 'rev_has')
 
 
 class DatasetFormatError(ValueError):
@@ -152,6 +156,8 @@ def read_inter(path: str) -> Dict[str, Tensor]:
         dict: :obj:`'train'`, :obj:`'val'`, :obj:`'test'` :math:`\rightarrow`
         :obj:`[2, E]` long (user, item) pairs, in file order, duplicates included.
     """
+    import csv
+
     import pandas as pd  # heavy, only needed for this format
 
     try:
@@ -177,8 +183,10 @@ def read_inter(path: str) -> Dict[str, Tensor]:
         with warnings.catch_warnings():
             # a row with extra fields would otherwise be shifted or cut silently
             warnings.simplefilter('error', pd.errors.ParserWarning)
+            # No quoting: a '"' opening a field would swallow the rows up to the next one.
             df = pd.read_csv(path, sep='\t', dtype=str, keep_default_na=False,
-                             index_col=False, encoding='utf-8-sig')
+                             index_col=False, encoding='utf-8-sig',
+                             quoting=csv.QUOTE_NONE)
     except Exception as e:  # pandas raises ParserError, ParserWarning, ...
         raise _fail(path, f"cannot parse as tab-separated values{_bad_line(path)} "
                     f"({type(e).__name__}: {e})") from e
@@ -194,7 +202,13 @@ def read_inter(path: str) -> Dict[str, Tensor]:
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raise _fail(path, f"line {row + 2}, column '{col}': {s.iloc[row]!r} is not "
                         f"an integer")
-        v = s.astype(np.int64).to_numpy()
+        try:
+            v = s.astype(np.int64).to_numpy()
+        except OverflowError as e:
+            big = s.map(lambda t: abs(int(t)) > INT64_MAX).to_numpy(dtype=bool)
+            row = int(np.flatnonzero(big)[0])
+            raise _fail(path, f"line {row + 2}, column '{col}': {s.iloc[row]!r} does not "
+                        f"fit in a 64-bit integer") from e
         if (v < 0).any():
             row = int(np.flatnonzero(v < 0)[0])
             raise _fail(path, f"line {row + 2}, column '{col}': negative id {v[row]}")
@@ -206,6 +220,12 @@ def read_inter(path: str) -> Dict[str, Tensor]:
         row = int(np.flatnonzero(bad)[0])
         raise _fail(path, f"line {row + 2}, column 'x_label': {label[row]} is not one of "
                     f"0 (train), 1 (valid), 2 (test)")
+
+    # pandas pads a row with fewer fields with '': a missing field would shift the next
+    # ones silently when the padded column is not one of ours.
+    short = _bad_line(path)
+    if short:
+        raise _fail(path, f"cannot parse as tab-separated values{short}")
 
     pairs = torch.tensor(np.stack([values['userID'], values['itemID']]), dtype=torch.long)
     label = torch.tensor(label)
@@ -258,6 +278,8 @@ def _as_id(path: str, where: str, value: object) -> int:
         raise _fail(path, f"{where}: {value!r} is not an integer id")
     if out < 0:
         raise _fail(path, f"{where}: negative id {out}")
+    if out > INT64_MAX:
+        raise _fail(path, f"{where}: id {out} does not fit in a 64-bit integer")
     return out
 
 
@@ -285,6 +307,9 @@ def read_split_json(path: str) -> Tensor:
                             f"integer item id")
             if item < 0:
                 raise _fail(path, f"user {key!r}, position {j}: negative item id {item}")
+            if item > INT64_MAX:
+                raise _fail(path, f"user {key!r}, position {j}: item id {item} does not "
+                            f"fit in a 64-bit integer")
         users.extend([user] * len(value))
         items.extend(value)
     return torch.tensor([users, items], dtype=torch.long).view(2, -1)
@@ -370,11 +395,14 @@ def read_features(path: str) -> Tensor:
                     f"expected [num_items, dim] with dim >= 1")
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
         raise _fail(path, f"expected a numeric array, got dtype {x.dtype}")
-    x = x.astype(np.float32, copy=False)  # MMRec's files are float64 on disk
-    finite = np.isfinite(x).all(axis=1)
+    finite, what = np.isfinite(x).all(axis=1), 'holds NaN or inf'
+    if finite.all():  # a finite float64 may still overflow float32
+        with np.errstate(over='ignore'):
+            x = x.astype(np.float32, copy=False)  # MMRec's files are float64 on disk
+        finite, what = np.isfinite(x).all(axis=1), 'holds a value beyond the float32 range'
     if not finite.all():
         row = int(np.flatnonzero(~finite)[0])
-        raise _fail(path, f"row {row} (item {row}) holds NaN or inf; "
+        raise _fail(path, f"row {row} (item {row}) {what}; "
                     f"{int((~finite).sum())} bad row(s) in total")
     return torch.from_numpy(np.ascontiguousarray(x))
 
@@ -534,6 +562,10 @@ def read_raw_folder(folder: str, name: str, strict: bool = False,
                     (" (no row with x_label 0)" if fmt == MMREC else ""))
 
     feature_paths = find_feature_files(folder)
+    for m, p in feature_paths.items():
+        if m in RESERVED_MODALITY_NAMES:
+            raise _fail(p, f"'{m}' is a reserved name (node types and relations of the "
+                        f"graph: {list(RESERVED_MODALITY_NAMES)}); rename the modality")
     features = {m: read_features(p) for m, p in feature_paths.items()}
     first = next(iter(feature_paths.values()), '')
     rows = None  # the row count of every feature file
