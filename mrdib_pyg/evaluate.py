@@ -342,8 +342,19 @@ class FullRankEvaluator:
         score_fn: Callable[[Tensor], Tensor],
         device: Optional[Union[str, torch.device]] = None,
         clone_scores: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> Dict[str, float]:
         r"""Rank all items for every evaluated user and average the metrics.
+
+        Sharded (:obj:`world_size` > 1, inside an initialised :mod:`torch.distributed`
+        process group, every rank calling it): the blocks of :obj:`batch_size` users are
+        dealt round-robin to the ranks, each rank scores and ranks its blocks only (the
+        expensive part), the ranked lists (:obj:`[users, max(ks)]` item ids, masked entries
+        replaced by a sentinel) are gathered with one ``all_reduce``, and every rank
+        computes the metrics from all of them in the single-process order: the result is
+        EXACTLY the single-process one (the blocks are the same, so are their scores), on
+        every rank.
 
         Args:
             score_fn (callable): maps a :obj:`[B]` long tensor of user ids to a
@@ -355,47 +366,91 @@ class FullRankEvaluator:
                 :obj:`score_fn` returns, which saves a copy of every block. Set this to
                 :obj:`True` when :obj:`score_fn` returns a view of a tensor that must stay
                 intact (e.g. a slice of a cached score matrix). (default: :obj:`False`)
+            rank (int), world_size (int): this process's share (see above).
+                (default: :obj:`0`, :obj:`1`)
 
         Returns:
             dict: metric name :math:`\rightarrow` value, keys such as :obj:`'Recall@20'`,
             metric-major and by increasing :math:`K`. All zeros when no user has a
             held-out item.
         """
-        name = self.__class__.__name__
+        if world_size > 1:
+            return self._evaluate_sharded(score_fn, device, clone_scores, rank, world_size)
         users = self.users if device is None else self.users.to(device)
         collection, hits, state_device = None, None, None
         n = self.num_eval_users
         for start in range(0, n, self.batch_size):
             end = min(start + self.batch_size, n)
-            scores = score_fn(users[start:end])
-            if not isinstance(scores, Tensor) or scores.dim() != 2 or \
-                    scores.size(0) != end - start or scores.size(1) != self.num_items:
-                got = tuple(scores.size()) if isinstance(scores, Tensor) else type(scores)
-                raise ValueError(f"'{name}' expects 'score_fn' to return scores of shape "
-                                 f"[{end - start}, {self.num_items}] (got {got})")
-            if not scores.is_floating_point():
-                raise ValueError(f"'{name}' expects floating-point scores "
-                                 f"(got dtype {scores.dtype})")
+            rows, top, masked_top = self._ranked_block(score_fn, users, start, end,
+                                                       clone_scores, state_device)
             if state_device is None:
-                state_device = scores.device
+                state_device = top.device
                 collection, hits = self._new_state(state_device)
-            original = scores
-            scores = scores.to(state_device)
-
-            rows = torch.arange(start, end)
-            local, col = self._rows_csr(self.mask_rowptr, self.mask_col, rows)
-            local, col = local.to(state_device), col.to(state_device)
-            if clone_scores and scores is original:
-                scores = scores.clone()
-            scores.index_put_((local, col), scores.new_full((1, ), float('-inf')))
-            # MMRec's ranking call, so ties are broken the same way.
-            values, top = torch.topk(scores, self.max_k, dim=-1)
-            masked_top = None
-            if bool(torch.isneginf(values[:, -1]).any()):  # a masked item may be ranked
-                masked_top = self._member(local, col, top, self.num_items)
             self._update(collection, hits, top, rows, masked_top)
         if state_device is None:  # nobody to evaluate
             collection, hits = self._new_state(torch.device('cpu'))
+        return self._finish(collection, hits, int(self.heldout_count.sum()))
+
+    def _ranked_block(self, score_fn, users: Tensor, start: int, end: int,
+                      clone_scores: bool, state_device=None):
+        r"""Score, mask and rank the users of rows :obj:`start:end`; returns the rows, the
+        top-:math:`K_{\max}` items and the flags of masked entries (or :obj:`None`)."""
+        name = self.__class__.__name__
+        scores = score_fn(users[start:end])
+        if not isinstance(scores, Tensor) or scores.dim() != 2 or \
+                scores.size(0) != end - start or scores.size(1) != self.num_items:
+            got = tuple(scores.size()) if isinstance(scores, Tensor) else type(scores)
+            raise ValueError(f"'{name}' expects 'score_fn' to return scores of shape "
+                             f"[{end - start}, {self.num_items}] (got {got})")
+        if not scores.is_floating_point():
+            raise ValueError(f"'{name}' expects floating-point scores "
+                             f"(got dtype {scores.dtype})")
+        state_device = scores.device if state_device is None else state_device
+        original = scores
+        scores = scores.to(state_device)
+        rows = torch.arange(start, end)
+        local, col = self._rows_csr(self.mask_rowptr, self.mask_col, rows)
+        local, col = local.to(state_device), col.to(state_device)
+        if clone_scores and scores is original:
+            scores = scores.clone()
+        scores.index_put_((local, col), scores.new_full((1, ), float('-inf')))
+        # MMRec's ranking call, so ties are broken the same way.
+        values, top = torch.topk(scores, self.max_k, dim=-1)
+        masked_top = None
+        if bool(torch.isneginf(values[:, -1]).any()):  # a masked item may be ranked
+            masked_top = self._member(local, col, top, self.num_items)
+        return rows, top, masked_top
+
+    def _evaluate_sharded(self, score_fn, device, clone_scores: bool, rank: int,
+                          world_size: int) -> Dict[str, float]:
+        import torch.distributed as dist
+        users = self.users if device is None else self.users.to(device)
+        n = self.num_eval_users
+        starts = list(range(0, n, self.batch_size))
+        all_top, state_device = None, None
+        for b in range(rank, len(starts), world_size):
+            start = starts[b]
+            end = min(start + self.batch_size, n)
+            rows, top, masked_top = self._ranked_block(score_fn, users, start, end,
+                                                       clone_scores, state_device)
+            if state_device is None:
+                state_device = top.device
+                all_top = torch.zeros(n, self.max_k, dtype=torch.long, device=state_device)
+            if masked_top is not None:  # what _update does with the flags
+                top = top.masked_fill(masked_top, self.num_items)
+            all_top[start:end] = top
+        # Ranks without a block (or nobody to evaluate) still take part in the collective.
+        if state_device is None:
+            if dist.get_backend() == 'nccl':
+                state_device = torch.device('cuda', torch.cuda.current_device())
+            else:
+                state_device = torch.device('cpu')
+            all_top = torch.zeros(n, self.max_k, dtype=torch.long, device=state_device)
+        dist.all_reduce(all_top, op=dist.ReduceOp.SUM)
+        collection, hits = self._new_state(state_device)
+        for start in starts:
+            end = min(start + self.batch_size, n)
+            self._update(collection, hits, all_top[start:end], torch.arange(start, end), None)
         return self._finish(collection, hits, int(self.heldout_count.sum()))
 
     @torch.no_grad()

@@ -21,14 +21,23 @@ class BPRSampler:
     the first one would have drawn next (a resumed run continues the same stream).
 
     For distributed training, :obj:`rank`/:obj:`world_size` give each process a disjoint
-    share of every epoch's permutation (all ranks must share :obj:`seed`).
+    share of every *global* batch: every rank draws the whole epoch exactly as a 1-process
+    sampler with the same :obj:`seed` and :obj:`batch_size` would (the same permutation and
+    the same negatives, all from the shared generator, which therefore stays identical on all
+    ranks), and yields only the rows :obj:`rank::world_size` of each global batch. So
+    :obj:`batch_size` is the GLOBAL batch size (it need not be divisible by
+    :obj:`world_size`: the shares then differ by one row, which a count-weighted gradient
+    average accounts for), the union of the ranks' batches is the 1-process batch, and every
+    rank has the same number of batches. A final global batch with fewer than
+    :obj:`world_size` rows (at most :obj:`world_size - 1` triples per epoch) would leave a
+    rank empty and is skipped on every rank when :obj:`world_size > 1`.
 
     Args:
         edge_index (Tensor): :obj:`[2, E]` (user, item) training pairs (deduplicated).
         num_users (int), num_items (int): id ranges.
         batch_size (int, optional): (default: :obj:`2048`, MMRec's)
         seed (int, optional): seed of the sampler's own generator. (default: :obj:`0`)
-        rank (int, optional), world_size (int, optional): distributed share.
+        rank (int, optional), world_size (int, optional): distributed share (see above).
     """
 
     def __init__(self, edge_index: Tensor, num_users: int, num_items: int,
@@ -40,6 +49,9 @@ class BPRSampler:
         self.users, self.items = edge_index[0].long().cpu(), edge_index[1].long().cpu()
         self.num_users, self.num_items = num_users, num_items
         self.batch_size = batch_size
+        if not 0 <= rank < world_size:
+            raise ValueError(f"'{self.__class__.__name__}' needs 0 <= rank < world_size "
+                             f"(got rank={rank}, world_size={world_size})")
         self.rank, self.world_size = rank, world_size
         self.drop_last = drop_last
         self.generator = torch.Generator().manual_seed(seed)
@@ -82,12 +94,14 @@ class BPRSampler:
         self.generator.set_state(state['generator'])
 
     def _epoch_rows(self) -> Tensor:
-        perm = torch.randperm(self.users.numel(), generator=self.generator)
-        return perm[self.rank::self.world_size]
+        return torch.randperm(self.users.numel(), generator=self.generator)
 
     def __len__(self) -> int:
-        n = len(range(self.rank, self.users.numel(), self.world_size))
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        n = self.users.numel()
+        if self.drop_last:
+            return n // self.batch_size
+        full, tail = divmod(n, self.batch_size)
+        return full + (tail >= self.world_size if self.world_size > 1 else tail > 0)
 
     def __iter__(self) -> Iterator[BPRBatch]:
         rows = self._epoch_rows()
@@ -95,5 +109,11 @@ class BPRSampler:
             idx = rows[start:start + self.batch_size]
             if self.drop_last and idx.numel() < self.batch_size:
                 break
+            if idx.numel() < self.world_size:  # a rank would get nothing (see the class)
+                break
             users = self.users[idx]
-            yield BPRBatch(users, self.items[idx], self.sample_negatives(users))
+            neg = self.sample_negatives(users)  # the whole global batch's: same on all ranks
+            if self.world_size > 1:
+                share = slice(self.rank, None, self.world_size)
+                users, idx, neg = users[share], idx[share], neg[share]
+            yield BPRBatch(users, self.items[idx], neg)

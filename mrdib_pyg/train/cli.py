@@ -209,6 +209,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         print(f'mrdib-train: error: {error_message(err)}', file=sys.stderr)
         return 2
+    if int(os.environ.get('RANK', '0') or 0) != 0:
+        return 0  # under torchrun only rank 0 prints the result
     if args.json:
         json.dump(result.to_dict(), sys.stdout, indent=1)
         print()

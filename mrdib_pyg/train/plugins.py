@@ -5,7 +5,7 @@ optimiser, its loss on a batch (it may run an auxiliary step of its own first, e
 update), per-epoch diagnostics, and its state for checkpoints. A second plug-in needs no
 trainer change, only a class here (or anywhere) and an entry in :func:`as_plugin`.
 """
-from typing import Any, Dict, Iterable, List, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -73,6 +73,14 @@ class MRdIBPlugin(TrainingPlugin):
     training critic far below the fresh one is lagging, and the encoders then follow a wrong
     gradient.
 
+    Distributed training: the trainer sets :attr:`grad_sync` (a callable
+    ``grad_sync(params, weight)``, :func:`~mrdib_pyg.train.distributed.all_reduce_mean_grads`)
+    so that in every critic step the critics' gradients are averaged across ranks (weighted by
+    each rank's share of the batch) before the critic optimiser's step: the critics stay
+    identical on all ranks. MINE's moving averages (MRdIB's EMA buffers of the critic's
+    denominator) stay *per rank*: each is updated from the rank's own share of the batch, so
+    they may differ slightly between ranks (the checkpoints hold rank 0's).
+
     Args:
         module (MRdIB): the plug-in module.
         critic_lr (float, optional): the critics' Adam learning rate. (default: :obj:`1e-3`)
@@ -104,6 +112,9 @@ class MRdIBPlugin(TrainingPlugin):
                                  if critic and module.computes_redundant
                                  and self.critic_steps > 0 else None)
         self.step = 0
+        #: Set by a distributed trainer: ``grad_sync(params, weight)`` averages the critic
+        #: gradients across ranks (:obj:`None`: a single process).
+        self.grad_sync: Optional[Callable[[List[Parameter], float], Any]] = None
 
     def main_parameters(self) -> Iterable[Parameter]:
         return self.module.main_parameters()
@@ -120,9 +131,12 @@ class MRdIBPlugin(TrainingPlugin):
         mrdib = self.module
         enc = mrdib.encode_batch(out, batch)
         if self.critic_optimizer is not None:
+            critic = [p for g in self.critic_optimizer.param_groups for p in g['params']]
             for _ in range(self.critic_steps):
                 self.critic_optimizer.zero_grad(set_to_none=True)
                 mrdib.critic_loss(enc).backward()
+                if self.grad_sync is not None:
+                    self.grad_sync(critic, float(batch.users.numel()))
                 self.critic_optimizer.step()
         res = mrdib.loss_terms(out, batch, enc, redundant=self.step >= self.critic_warmup)
         self.step += 1

@@ -22,6 +22,7 @@ from mrdib_pyg.data.schema import ITEM, RATES, USER, modality_names
 from mrdib_pyg.evaluate import FullRankEvaluator
 from mrdib_pyg.nn.models import MODELS, Recommender
 from mrdib_pyg.nn.mrdib import MRdIB
+from mrdib_pyg.train import distributed as dist_utils
 from mrdib_pyg.train.config import TrainConfig, option_name
 from mrdib_pyg.train.plugins import TrainingPlugin, as_plugins
 
@@ -343,6 +344,25 @@ class Trainer:
     ``mrdib-train --resume DIR`` (:func:`run` with :obj:`resume=True`) does this from the
     command line.
 
+    Distributed data parallel (``torchrun --nproc_per_node N -m mrdib_pyg.train ...``;
+    :func:`run` joins the process group, see :mod:`mrdib_pyg.train.distributed`): built
+    inside an initialised process group of N > 1 ranks, the trainer starts every rank from
+    rank 0's weights; :obj:`cfg.batch_size` is the GLOBAL batch, of which each rank trains on
+    its share (:class:`~mrdib_pyg.data.BPRSampler`: every rank draws the single-process
+    epoch and keeps rows ``rank::N`` of each batch, so the union of the ranks' batches is the
+    single-process batch, negatives included). After ``backward`` the gradients of the main
+    optimiser's parameters are averaged across ranks, weighted by the ranks' shares
+    (:func:`~mrdib_pyg.train.distributed.all_reduce_mean_grads`: for a loss that is a mean
+    over the batch this is the global batch's gradient), and so are MRdIB's critic gradients
+    in each critic step (:attr:`MRdIBPlugin.grad_sync`); MINE's moving averages stay per
+    rank. The logged losses are the same weighted means over ranks. Evaluation is sharded by
+    users and gathered (:meth:`FullRankEvaluator.evaluate` with :obj:`rank`/:obj:`world_size`),
+    so all ranks get the single-process metrics and take the same early-stopping decisions.
+    Only rank 0 shows progress and writes ``best.pt``, ``last.pt`` (and :func:`run`'s
+    ``results.json``). Batch-level terms that are not means over triples (MRdIB's DV bound
+    over the batch's items, its per-rank moving averages) make a distributed run close to,
+    not equal to, the single-process one.
+
     Args:
         model (Recommender): the backbone.
         data (HeteroData): the dataset (training edges feed the sampler; val/test the
@@ -363,10 +383,23 @@ class Trainer:
         params = list(self.model.parameters())
         for plugin in self.plugins:
             params += list(plugin.main_parameters())
+        self.params = params
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
+        self.is_main = self.rank == 0
+        if self.world_size > 1:
+            # Start every rank from rank 0's weights (they are equal when seeded alike).
+            modules = [self.model] + [getattr(p, 'module', None) for p in self.plugins]
+            dist_utils.broadcast_([t for m in modules if isinstance(m, torch.nn.Module)
+                                   for t in list(m.parameters()) + list(m.buffers())])
+            self.model.invalidate_cache()
+            for plugin in self.plugins:
+                if hasattr(plugin, 'grad_sync'):
+                    plugin.grad_sync = dist_utils.all_reduce_mean_grads
         num_users, num_items = data[USER].num_nodes, data[ITEM].num_nodes
         self.sampler = BPRSampler(data[RATES].edge_index, num_users, num_items,
-                                  batch_size=cfg.batch_size, seed=cfg.seed)
+                                  batch_size=cfg.batch_size, seed=cfg.seed,
+                                  rank=self.rank, world_size=self.world_size)
         kw = dict(ks=tuple(cfg.topk), batch_size=cfg.eval_batch_size)
         self.valid_eval = FullRankEvaluator.from_data(data, 'val', **kw)
         self.test_eval = FullRankEvaluator.from_data(data, 'test', **kw)
@@ -376,6 +409,8 @@ class Trainer:
                      'generated_features': has_generated_features(data),
                      'feature_source': str(getattr(data, 'feature_source', 'files')),
                      'device': str(self.device)}
+        if self.world_size > 1:
+            self.info['world_size'] = self.world_size
         self._resumed: Optional[Dict[str, Any]] = None  # set by load_checkpoint, read by fit
 
     # -- one epoch ----------------------------------------------------------------------
@@ -386,7 +421,7 @@ class Trainer:
         self.model.pre_epoch(epoch)
         sums: Dict[str, float] = {}
         bar = tqdm(self.sampler, desc=f'epoch {epoch}', leave=False,
-                   disable=not self.cfg.progress)
+                   disable=not (self.cfg.progress and self.is_main))
         for batch in bar:
             batch = batch.to(self.device)
             out = self.model()
@@ -402,17 +437,27 @@ class Trainer:
                                          f'diverged (MMRec stops here too)')
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            weight = 1.0
+            if self.world_size > 1:  # this rank's share of the global batch's mean
+                share = float(batch.users.numel())
+                weight = share / dist_utils.all_reduce_mean_grads(self.params, share)
             self.optimizer.step()
             logs['loss'] = loss.detach()
             for k, v in logs.items():
-                sums[k] = sums.get(k, 0.) + float(v)
+                sums[k] = sums.get(k, 0.) + float(v) * weight
+        if self.world_size > 1 and sums:
+            keys = sorted(sums)
+            total = dist_utils.all_reduce_sum(
+                torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device))
+            sums = dict(zip(keys, total.tolist()))
         return {k: v / max(len(self.sampler), 1) for k, v in sums.items()}
 
     @torch.no_grad()
     def evaluate(self, split: str) -> Dict[str, float]:
         self.model.eval()
         evaluator = self.valid_eval if split == 'val' else self.test_eval
-        return evaluator.evaluate(self.model.score, device=self.device)
+        return evaluator.evaluate(self.model.score, device=self.device, rank=self.rank,
+                                  world_size=self.world_size)
 
     # -- the whole run ------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -435,7 +480,8 @@ class Trainer:
         ckpt = os.path.join(cfg.out_dir, 'best.pt') if cfg.out_dir else None
         last = os.path.join(cfg.out_dir, LAST) if cfg.out_dir else None
         epochs = range(start, cfg.epochs) if not stopper.should_stop else range(0)
-        bar = tqdm(epochs, desc='training', disable=not cfg.progress, initial=start,
+        bar = tqdm(epochs, desc='training', disable=not (cfg.progress and self.is_main),
+                   initial=start,
                    total=max(cfg.epochs, start))
         for epoch in bar:
             t0 = time.perf_counter()
@@ -454,10 +500,10 @@ class Trainer:
             if stopper.step(valid[cfg.valid_metric], epoch):
                 best_valid, test_at_best = valid, self.evaluate('test')
                 record['test'] = test_at_best
-                if ckpt:
+                if ckpt and self.is_main:
                     self.save(ckpt, epoch)
             history.append(record)
-            if last:
+            if last and self.is_main:
                 self.save_checkpoint(last, {
                     'epoch': epoch, 'best_valid': best_valid, 'test_at_best': test_at_best,
                     'early_stopping': {'best': stopper.best, 'best_epoch': stopper.best_epoch,
@@ -551,10 +597,23 @@ def run(cfg: TrainConfig, data: Optional[HeteroData] = None,
     (:obj:`cfg` as :func:`resume_config` gives it): data, model and plug-ins are rebuilt as
     above, the checkpoint's states loaded (:meth:`Trainer.load_checkpoint`), and training
     goes on from the epoch after it. A run that is already over (stopped early, or at its
-    last epoch) is not rebuilt: its stored result is returned (and written) as it is."""
-    from mrdib_pyg.train.config import check_kwargs
+    last epoch) is not rebuilt: its stored result is returned (and written) as it is.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) it joins the process group first (and leaves it
+    at the end) unless one is already initialised; every rank then returns the same result,
+    and only rank 0 writes files (see :class:`Trainer`)."""
     cfg.validate()
     resolve_device(cfg.device)
+    joined = not dist_utils.is_initialized() and dist_utils.init_from_env(cfg.device)
+    try:
+        return _run(cfg, data, resume)
+    finally:
+        if joined:
+            dist_utils.shutdown()
+
+
+def _run(cfg: TrainConfig, data: Optional[HeteroData], resume: bool) -> TrainResult:
+    from mrdib_pyg.train.config import check_kwargs
     cfg.check_paths()
     if cfg.model not in MODELS:
         raise ValueError(f"Unknown model '{cfg.model}' (available: {', '.join(MODELS)})")
@@ -575,8 +634,9 @@ def run(cfg: TrainConfig, data: Optional[HeteroData] = None,
             raise ValueError('resume=True needs out_dir: the folder of the run to continue')
         state = read_checkpoint(cfg.out_dir)
         check_checkpoint_options(state, cfg)
-        for partial in glob.glob(os.path.join(glob.escape(cfg.out_dir), '.*.pt.*.tmp')):
-            os.remove(partial)  # what a kill during _atomic_save left behind
+        if dist_utils.is_main():
+            for partial in glob.glob(os.path.join(glob.escape(cfg.out_dir), '.*.pt.*.tmp')):
+                os.remove(partial)  # what a kill during _atomic_save left behind
     if state is not None and checkpoint_finished(state, cfg):
         result = result_from_checkpoint(state)
     else:
@@ -589,10 +649,11 @@ def run(cfg: TrainConfig, data: Optional[HeteroData] = None,
         if state is not None:
             trainer.load_checkpoint(state)
         result = trainer.fit()
-    if cfg.out_dir:
+    if cfg.out_dir and dist_utils.is_main():
         os.makedirs(cfg.out_dir, exist_ok=True)
         path = os.path.join(cfg.out_dir, 'results.json')
         with open(path + '.tmp', 'w') as f:
             json.dump(result.to_dict(), f, indent=1)
         os.replace(path + '.tmp', path)
+    dist_utils.barrier()  # the other ranks return once rank 0's files are written
     return result
