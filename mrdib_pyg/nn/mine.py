@@ -98,19 +98,29 @@ class MINECritic(nn.Module):
         self.log_ema.fill_(float('-inf'))
         self.ema_steps.zero_()
 
-    def forward(self, a: Tensor, b: Tensor, detach_params: bool = False) -> Tensor:
-        r"""Critic values :math:`T(a_i, b_i)`.
+    def forward(self, a: Tensor, b: Tensor, detach_params: bool = False,
+                marginal_perm: Optional[Tensor] = None):
+        r"""Critic values :math:`T(a_i, b_i)`; with :obj:`marginal_perm` :math:`\pi`, the pair
+        :obj:`(T(a_i, b_i), T(a_i, b_{\pi(i)}))` of joint and marginal values.
 
         With :obj:`detach_params=True` the critic's parameters are used as constants: the
         gradient still flows into :obj:`a` and :obj:`b`, but none reaches the critic. MRdIB's
         main loss uses this, so that the encoders can descend the bound while the critic is
         only trained by its own ascent step.
         """
-        h = torch.cat([a, b], dim=-1)
         w1, b1, w2, b2 = self.lin1.weight, self.lin1.bias, self.lin2.weight, self.lin2.bias
         if detach_params:
             w1, b1, w2, b2 = w1.detach(), b1.detach(), w2.detach(), b2.detach()
-        return F.linear(F.relu(F.linear(h, w1, b1)), w2, b2).squeeze(-1)
+        if marginal_perm is None:
+            h = torch.cat([a, b], dim=-1)
+            return F.linear(F.relu(F.linear(h, w1, b1)), w2, b2).squeeze(-1)
+        # W1 [a || b] = W1_a a + W1_b b: project a and b once and reuse the projections for
+        # the joint and the shuffled pairs (half the first layer's work on 2N concatenations)
+        pa = F.linear(a, w1[:, :self.dim_a], b1)
+        pb = F.linear(b, w1[:, self.dim_a:])
+        h = F.relu(torch.cat([pa + pb, pa + pb[marginal_perm]], dim=0))
+        t = F.linear(h, w2, b2).squeeze(-1)
+        return t[:a.size(0)], t[a.size(0):]
 
     def scores(self, a: Tensor, b: Tensor, perm: Optional[Tensor] = None,
                detach_params: bool = False) -> Tuple[Tensor, Tensor]:
@@ -119,10 +129,7 @@ class MINECritic(nn.Module):
         joint pair)."""
         if perm is None:
             perm = random_derangement(b.size(0), device=b.device)
-        both_a = torch.cat([a, a], dim=0)
-        both_b = torch.cat([b, b[perm]], dim=0)
-        t = self(both_a, both_b, detach_params=detach_params)  # one critic call for both
-        return t[:a.size(0)], t[a.size(0):]
+        return self(a, b, detach_params=detach_params, marginal_perm=perm)
 
     def dv(self, a: Tensor, b: Tensor, perm: Optional[Tensor] = None,
            detach_params: bool = False) -> Tensor:
