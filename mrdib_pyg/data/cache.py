@@ -80,6 +80,23 @@ def temp_beside(path: str) -> str:
     return tmp
 
 
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    r"""Write :obj:`path` with :obj:`write(tmp_path)` into a temporary file of its own beside
+    it (:func:`temp_beside`), flush it to disk and rename it onto :obj:`path`: a kill at any
+    moment leaves the old file or the new one, never half of one, and concurrent writers
+    never share a temporary name. Creates the folder if needed."""
+    os.makedirs(osp.dirname(path) or '.', exist_ok=True)
+    tmp = temp_beside(path)
+    try:
+        write(tmp)
+        with open(tmp, 'rb') as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+
+
 def write_checked(path: str, write: Callable[[str], None], record_path: str,
                   record: Optional[Dict[str, Any]] = None) -> None:
     r"""Write :obj:`path` with :obj:`write(tmp_path)` and, beside it, the JSON

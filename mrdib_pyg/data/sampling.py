@@ -1,5 +1,5 @@
 r"""BPR mini-batches with MMRec's negative sampling, vectorised."""
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator
 
 import torch
 from torch import Tensor

@@ -1,7 +1,7 @@
 r"""MRdIB: the Multimodal Representation-disentangled Information Bottleneck plug-in."""
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch

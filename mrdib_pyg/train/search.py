@@ -59,11 +59,11 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from mrdib_pyg.data.cache import atomic_write
 from mrdib_pyg.train.config import TrainConfig, parse_value
 
 PAPER_GRID = [1e-4, 1e-3, 5e-3, 1e-2, 5e-2]
@@ -180,16 +180,10 @@ def _mean(dicts: List[Dict[str, float]]) -> Dict[str, float]:
 
 
 def _atomic_write(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w', newline='') as f:
+    def write(tmp: str) -> None:
+        with open(tmp, 'w', newline='') as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, write)
 
 
 def _train(cfg: TrainConfig, data):

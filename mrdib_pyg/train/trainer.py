@@ -6,7 +6,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import torch
 from torch_geometric.data import HeteroData
 from tqdm.auto import tqdm
 
+from mrdib_pyg.data.cache import atomic_write
 from mrdib_pyg.data.sampling import BPRSampler
 from mrdib_pyg.data.schema import ITEM, RATES, USER, modality_names
 from mrdib_pyg.evaluate import FullRankEvaluator
@@ -68,21 +68,15 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
+def _write_json(path: str, obj: Any) -> None:
+    with open(path, 'w') as f:
+        json.dump(obj, f, indent=1)
+
+
 def _atomic_save(obj: Any, path: str) -> None:
-    r""":func:`torch.save` to a temporary file beside :obj:`path`, then rename it: a kill at
-    any moment leaves either the old file or the new one, never half of one."""
-    folder = os.path.dirname(path) or '.'
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    r""":func:`torch.save` through :func:`~mrdib_pyg.data.cache.atomic_write`: a kill at any
+    moment leaves either the old file or the new one, never half of one."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -650,10 +644,7 @@ def _run(cfg: TrainConfig, data: Optional[HeteroData], resume: bool) -> TrainRes
             trainer.load_checkpoint(state)
         result = trainer.fit()
     if cfg.out_dir and dist_utils.is_main():
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        path = os.path.join(cfg.out_dir, 'results.json')
-        with open(path + '.tmp', 'w') as f:
-            json.dump(result.to_dict(), f, indent=1)
-        os.replace(path + '.tmp', path)
+        atomic_write(os.path.join(cfg.out_dir, 'results.json'),
+                     lambda tmp: _write_json(tmp, result.to_dict()))
     dist_utils.barrier()  # the other ranks return once rank 0's files are written
     return result
