@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_baby, machine, print_table, write_json  # noqa: E402
 
 from mrdib_pyg.train.config import TrainConfig  # noqa: E402
-from mrdib_pyg.train.trainer import run  # noqa: E402
+from mrdib_pyg.train import run  # noqa: E402
 
 
 def main():

@@ -27,7 +27,7 @@ from common import REPO, machine, print_table, write_json  # noqa: E402
 
 from mrdib_pyg.data.synthetic import SyntheticMM  # noqa: E402
 from mrdib_pyg.train.config import TrainConfig  # noqa: E402
-from mrdib_pyg.train.trainer import build_trainer  # noqa: E402
+from mrdib_pyg.train import build_trainer  # noqa: E402
 
 #: name -> (ablation, critic_steps, critic_lr, critic_warmup)
 SETTINGS = {

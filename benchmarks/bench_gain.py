@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, load_baby, machine, print_table, write_json  # noqa: E402
 
 from mrdib_pyg.train.config import TrainConfig  # noqa: E402
-from mrdib_pyg.train.trainer import run  # noqa: E402
+from mrdib_pyg.train import run  # noqa: E402
 
 PAPER = dict(alpha1=0.005, alpha2=0.05, alpha3=0.005)
 METRICS = ('Recall@5', 'NDCG@5', 'Recall@20', 'NDCG@20')

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_baby, machine, print_table, write_json  # noqa: E402
 
 from mrdib_pyg.train.config import TrainConfig  # noqa: E402
-from mrdib_pyg.train.trainer import build_trainer  # noqa: E402
+from mrdib_pyg.train import build_trainer  # noqa: E402
 
 
 def make(data, model_name, mode, device):

@@ -41,7 +41,7 @@ from common import RESULTS, machine, write_json  # noqa: E402
 from mrdib_pyg.analysis import estimate_mi, linear_probe_r2, split_rows, tsne_2d  # noqa: E402
 from mrdib_pyg.data.synthetic import SyntheticMM  # noqa: E402
 from mrdib_pyg.train.config import TrainConfig  # noqa: E402
-from mrdib_pyg.train.trainer import (  # noqa: E402
+from mrdib_pyg.train import (  # noqa: E402
     Trainer,
     build_model,
     build_mrdib,

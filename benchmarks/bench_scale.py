@@ -267,7 +267,7 @@ def build_graphs(data) -> dict:
 
 def train_backbone(step: str, data, root: str, name: str, args) -> dict:
     from mrdib_pyg.train.config import TrainConfig
-    from mrdib_pyg.train.trainer import build_trainer
+    from mrdib_pyg.train import build_trainer
     model, _, plug = step.partition('+')
     cfg = TrainConfig().update(dict(dataset=name, root=root, model=model, mrdib=plug == 'mrdib',
                                     batch_size=2048, seed=args.seed, device=args.device,

@@ -1,10 +1,19 @@
 r"""BPR mini-batches with MMRec's negative sampling, vectorised."""
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterator, NamedTuple
 
 import torch
 from torch import Tensor
 
-from mrdib_pyg.nn.output import BPRBatch
+
+class BPRBatch(NamedTuple):
+    r"""A batch of BPR triples: user :math:`u` prefers the observed item :obj:`pos` over the
+    sampled item :obj:`neg`. All three are :obj:`[B]` long tensors of global ids."""
+    users: Tensor
+    pos: Tensor
+    neg: Tensor
+
+    def to(self, device) -> 'BPRBatch':
+        return BPRBatch(*(t.to(device, non_blocking=True) for t in self))
 
 
 class BPRSampler:

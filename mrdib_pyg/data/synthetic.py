@@ -543,3 +543,10 @@ def attach_generated_features(
     out.generated_features = True
     out.feature_source = 'generated:svd-train'
     return out
+
+
+def has_generated_features(data: HeteroData) -> bool:
+    r"""Whether :obj:`data` carries features generated for a real interaction graph
+    (:func:`~mrdib_pyg.data.attach_generated_features`), which every report must state.
+    Synthetic datasets are synthetic throughout and are not flagged."""
+    return str(getattr(data, 'feature_source', '')).startswith('generated')

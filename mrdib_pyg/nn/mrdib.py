@@ -8,9 +8,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import Parameter
 
+from mrdib_pyg.data.sampling import BPRBatch
 from mrdib_pyg.nn.loss import bpr_loss
 from mrdib_pyg.nn.mine import MINECritic
-from mrdib_pyg.nn.output import BPRBatch, RecOutput
+from mrdib_pyg.nn.output import RecOutput
 
 
 @dataclass

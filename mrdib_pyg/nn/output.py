@@ -1,4 +1,5 @@
-r"""The one output type every backbone returns, and the batch type it is trained on.
+r"""The one output type every backbone returns (the batch type it is trained on,
+:class:`~mrdib_pyg.data.sampling.BPRBatch`, lives with its sampler and is re-exported here).
 
 A backbone's forward pass produces *full tables* (every user, every item), not batch rows:
 the trainer indexes the batch, the evaluator scores user blocks against the item table, and
@@ -6,20 +7,11 @@ the MRdIB plug-in reads the per-modality parts. Nothing else connects a backbone
 so neither imports the other.
 """
 from dataclasses import dataclass, field
-from typing import Dict, NamedTuple, Optional
+from typing import Dict, Optional
 
 from torch import Tensor
 
-
-class BPRBatch(NamedTuple):
-    r"""A batch of BPR triples: user :math:`u` prefers the observed item :obj:`pos` over the
-    sampled item :obj:`neg`. All three are :obj:`[B]` long tensors of global ids."""
-    users: Tensor
-    pos: Tensor
-    neg: Tensor
-
-    def to(self, device) -> 'BPRBatch':
-        return BPRBatch(*(t.to(device, non_blocking=True) for t in self))
+from mrdib_pyg.data.sampling import BPRBatch  # noqa: F401  (re-exported: it lives with its sampler)
 
 
 @dataclass

@@ -1,7 +1,9 @@
-r"""``mrdib-train``: the command line over :func:`mrdib_pyg.train.trainer.run`.
+r"""``mrdib-train``: the command line over :func:`mrdib_pyg.train.build.run`.
 
 Every :class:`~mrdib_pyg.train.config.TrainConfig` field is an option. Precedence:
-defaults < ``--config file.yaml`` < command-line flags. ``--model-arg k=v`` and
+defaults < the model's training defaults < the dataset preset < ``--config file.yaml`` <
+command-line flags (:meth:`TrainConfig.preset`). The model list in ``--help`` is generated
+from the model registry (:mod:`mrdib_pyg.nn.models.registry`). ``--model-arg k=v`` and
 ``--dataset-arg k=v`` pass constructor arguments (values parsed as YAML scalars).
 
 ``--resume DIR`` continues a run from the ``last.pt`` its ``--out-dir`` holds (written after
@@ -16,13 +18,12 @@ import traceback
 import typing
 from typing import Any, Dict, List, Optional
 
-from mrdib_pyg.train.config import DATASET_PRESETS, TrainConfig, parse_value
+from mrdib_pyg.train.config import TrainConfig, parse_value
 
 HELP = {
     'dataset': "'synthetic' (embedded default, no download) or any AmazonMM name "
                "(baby, sports, clothing, or your own folder under --root)",
     'root': 'data root: raw files in ROOT/NAME/raw/',
-    'model': 'backbone: bprmf, lightgcn, vbpr',
     'generated_features': 'attach generated features of the real shapes (4096/384) when the '
                           'dataset has none; results must then be reported as such',
     'fill_missing': "features of items lacking a modality: keep, zero or mean (MMRec)",
@@ -74,11 +75,15 @@ def _field_parser(f: dataclasses.Field):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mrdib_pyg.nn.models import MODELS, describe_models
     p = argparse.ArgumentParser(
-        prog='mrdib-train',
+        prog='mrdib-train', formatter_class=argparse.RawDescriptionHelpFormatter,
         description='Train a multimodal recommender (optionally with MRdIB) and report '
                     'full-ranking metrics. With no arguments: VBPR on the embedded '
-                    'SyntheticMM dataset.')
+                    'SyntheticMM dataset.',
+        epilog='models (--model NAME; defaults in brackets, change them with '
+               '--model-arg KEY=VALUE):\n  ' + describe_models().replace('\n', '\n  '))
+    help_text = dict(HELP, model=f"backbone: {', '.join(sorted(MODELS))} (see below)")
     p.add_argument('--config', help='YAML file of options (overridden by flags)')
     p.add_argument('--model-arg', action='append', metavar='KEY=VALUE',
                    help='backbone constructor argument, e.g. num_layers=3 (repeatable)')
@@ -104,13 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
                    else f.default_factory())
         if isinstance(default, bool):
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                           default=None, help=HELP.get(f.name, f'(default: {default})'))
+                           default=None, help=help_text.get(f.name, f'(default: {default})'))
         elif f.name == 'topk':
             p.add_argument(flag, dest=f.name, type=int, nargs='+', default=None,
                            help=f'(default: {list(default)})')
         else:
             p.add_argument(flag, dest=f.name, type=_field_parser(f), default=None,
-                           help=HELP.get(f.name, f'(default: {default})'))
+                           help=help_text.get(f.name, f'(default: {default})'))
     return p
 
 
@@ -121,9 +126,10 @@ def config_from_args(argv: Optional[List[str]] = None) -> (TrainConfig, argparse
     from_file = TrainConfig.read_yaml(args.config) if args.config else {}
     flags = _flags(args)
     dataset = flags.get('dataset', from_file.get('dataset', TrainConfig.dataset))
-    # defaults < dataset preset < --config file < flags
-    preset = DATASET_PRESETS.get(dataset, {}) if isinstance(dataset, str) else {}
-    cfg = TrainConfig().update(preset, source='dataset preset')
+    model = flags.get('model', from_file.get('model', TrainConfig.model))
+    # defaults < model training defaults < dataset preset < --config file < flags
+    cfg = (TrainConfig.preset(model, dataset) if isinstance(dataset, str)
+           and isinstance(model, str) else TrainConfig())
     cfg.update(from_file, source=args.config)
     cfg.update(flags, source='command line')
     for name in ('model_args', 'dataset_args'):
@@ -200,7 +206,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             from mrdib_pyg.train.trainer import resume_config
             cfg = resume_config(args.resume, given_options(args))
         cfg.validate()  # before the heavy imports and any data is loaded
-        from mrdib_pyg.train.trainer import run
+        from mrdib_pyg.train.build import run
         result = run(cfg, resume=True) if args.resume is not None else run(cfg)
     except USER_ERRORS + OTHER_ERRORS as err:
         # Input and configuration errors carry their own explanation; a traceback of the

@@ -122,8 +122,9 @@ def check_kwargs(values: Dict[str, Any], callables: Sequence[Callable], what: st
         if key not in params:
             if open_ended:
                 continue
+            listed = sorted(k for k in params if k not in (taken or {}))
             raise ValueError(f"{what} has no argument '{key}' ({flag} {key}=...); its "
-                             f"arguments are: {', '.join(sorted(params))}")
+                             f"arguments are: {', '.join(listed)}")
         p = params[key]
         hint = p.annotation
         if hint is p.empty:
@@ -172,6 +173,8 @@ class TrainConfig:
     epochs: int = 1000
     batch_size: int = 2048
     lr: float = 1e-3
+    lr_decay: float = 1.0          # MMRec's learning_rate_scheduler: lr * lr_decay ** (epoch /
+    lr_decay_step: int = 50        # lr_decay_step), e.g. MGCN's [0.96, 50]
     weight_decay: float = 0.0
     seed: int = 999
     patience: int = 20
@@ -201,6 +204,20 @@ class TrainConfig:
     # output
     out_dir: Optional[str] = None
     progress: bool = True
+
+    @classmethod
+    def preset(cls, model: str = 'vbpr', dataset: str = 'synthetic') -> 'TrainConfig':
+        r"""The options for :obj:`model` on :obj:`dataset` before any file or flag: the
+        defaults, then the model's MMRec training options
+        (:attr:`~mrdib_pyg.nn.models.Recommender.train_defaults`, e.g. MGCN's learning-rate
+        decay), then the dataset preset (:data:`DATASET_PRESETS`), as the command line
+        layers them under ``--config`` and flags."""
+        from mrdib_pyg.nn.models import MODELS  # the registry imports torch: only here
+        cfg = cls(model=model, dataset=dataset)
+        if model in MODELS:
+            cfg.update(dict(getattr(MODELS[model], 'train_defaults', {})),
+                       source=f"model '{model}' defaults")
+        return cfg.update(DATASET_PRESETS.get(dataset, {}), source=f"dataset '{dataset}' preset")
 
     @classmethod
     def field_names(cls):
@@ -236,14 +253,15 @@ class TrainConfig:
                 raise ValueError(f"{option_name(name)} must be {rule} "
                                  f"(got {getattr(self, name)!r})")
 
-        for name in ('epochs', 'batch_size', 'eval_batch_size', 'latent_dim', 'critic_hidden'):
+        for name in ('epochs', 'batch_size', 'eval_batch_size', 'latent_dim', 'critic_hidden',
+                     'lr_decay_step'):
             check(name, getattr(self, name) >= 1, 'an integer >= 1')
         for name in ('patience', 'critic_steps', 'critic_warmup', 'mi_probe_every'):
             check(name, getattr(self, name) >= 0, 'an integer >= 0')
         for name in ('encoder_hidden', 'fusion_hidden'):
             check(name, getattr(self, name) is None or getattr(self, name) >= 1,
                   'an integer >= 1, or none')
-        for name in ('lr', 'critic_lr'):
+        for name in ('lr', 'critic_lr', 'lr_decay'):
             check(name, math.isfinite(getattr(self, name)) and getattr(self, name) > 0,
                   'a finite number > 0')
         for name in ('weight_decay', 'alpha1', 'alpha2', 'alpha3'):

@@ -11,9 +11,10 @@ import torch
 from torch import Tensor
 from torch.nn import Parameter
 
+from mrdib_pyg.data.sampling import BPRBatch
 from mrdib_pyg.nn.models.base import Recommender
 from mrdib_pyg.nn.mrdib import MRdIB
-from mrdib_pyg.nn.output import BPRBatch, RecOutput
+from mrdib_pyg.nn.output import RecOutput
 
 
 class TrainingPlugin:

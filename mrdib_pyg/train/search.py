@@ -187,8 +187,8 @@ def _atomic_write(path: str, text: str) -> None:
 
 
 def _train(cfg: TrainConfig, data):
-    from mrdib_pyg.train import trainer  # heavy import; tests replace trainer.run
-    return trainer.run(cfg, data=data)
+    from mrdib_pyg.train import build  # heavy import; tests replace build.run
+    return build.run(cfg, data=data)
 
 
 @dataclass
@@ -427,7 +427,7 @@ def search(base_cfg: TrainConfig, space: Optional[Dict[str, List[Any]]] = None,
             many grid configurations (default: all).
         seeds (list of int, optional): each setting runs once per seed; the mean
             validation metric decides. (default: :obj:`[base_cfg.seed]`)
-        data (HeteroData, optional): passed to :func:`~mrdib_pyg.train.trainer.run` to
+        data (HeteroData, optional): passed to :func:`~mrdib_pyg.train.build.run` to
             avoid reloading the dataset for every run.
         plots (bool): write the PNG plot (needs matplotlib).
         log (callable): where progress lines go.

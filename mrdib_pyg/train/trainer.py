@@ -1,13 +1,12 @@
-r"""The training loop: BPR batches -> backbone (+ MRdIB) -> Adam, early stopping on
-validation, test at the best validation epoch, checkpoints (``best.pt``, and ``last.pt``
-after every epoch for resuming) and a JSON record."""
-import glob
+r"""The training loop: BPR batches -> backbone (+ plug-ins) -> Adam (with MMRec's
+per-epoch learning-rate decay), early stopping on validation, test at the best validation
+epoch, checkpoints (``best.pt``, and ``last.pt`` after every epoch for resuming) and a JSON
+record. Building a run from its options is :mod:`mrdib_pyg.train.build`."""
 import json
 import math
 import os
 import random
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -19,9 +18,9 @@ from tqdm.auto import tqdm
 from mrdib_pyg.data.cache import atomic_write
 from mrdib_pyg.data.sampling import BPRSampler
 from mrdib_pyg.data.schema import ITEM, RATES, USER, modality_names
+from mrdib_pyg.data.synthetic import has_generated_features
 from mrdib_pyg.evaluate import FullRankEvaluator
-from mrdib_pyg.nn.models import MODELS, Recommender
-from mrdib_pyg.nn.mrdib import MRdIB
+from mrdib_pyg.nn.models import Recommender
 from mrdib_pyg.train import distributed as dist_utils
 from mrdib_pyg.train.config import TrainConfig, option_name
 from mrdib_pyg.train.plugins import TrainingPlugin, as_plugins
@@ -211,71 +210,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def load_data(cfg: TrainConfig) -> HeteroData:
-    r"""The dataset named by :obj:`cfg` as one :class:`HeteroData`."""
-    if cfg.dataset == 'synthetic':
-        from mrdib_pyg.data.synthetic import SyntheticMM
-        data = SyntheticMM(**cfg.dataset_args)[0]
-    else:
-        from mrdib_pyg.data.amazon_mm import AmazonMM
-        data = AmazonMM(cfg.root, cfg.dataset, fill_missing=cfg.fill_missing,
-                        **cfg.dataset_args)[0]
-    if cfg.generated_features and not modality_names(data):
-        from mrdib_pyg.data.synthetic import attach_generated_features
-        data = attach_generated_features(data, seed=cfg.seed)
-    return data
-
-
-def has_generated_features(data: HeteroData) -> bool:
-    r"""Whether :obj:`data` carries features generated for a real interaction graph
-    (:func:`~mrdib_pyg.data.attach_generated_features`), which every report must state.
-    Synthetic datasets are synthetic throughout and are not flagged."""
-    return str(getattr(data, 'feature_source', '')).startswith('generated')
-
-
-def build_model(cfg: TrainConfig, data: HeteroData) -> Recommender:
-    if cfg.model not in MODELS:
-        raise KeyError(f"Unknown model '{cfg.model}' (available: {', '.join(MODELS)})")
-    cls = MODELS[cfg.model]
-    kwargs = dict(cfg.model_args)
-    if cls.multimodal:
-        if not modality_names(data):
-            raise ValueError(f"Model '{cfg.model}' needs modality features, but dataset "
-                             f"'{cfg.dataset}' has none; pass --generated-features to "
-                             f"attach generated ones (say so when reporting results)")
-        kwargs.setdefault('fill_missing', cfg.fill_missing)
-    return cls.from_data(data, **kwargs)
-
-
-def build_mrdib(cfg: TrainConfig, model: Recommender) -> MRdIB:
-    r"""An :class:`MRdIB` sized from one forward pass of :obj:`model`, with every MRdIB
-    option of :obj:`cfg`."""
-    with torch.no_grad():
-        out = model()
-    return MRdIB.from_output(
-        out, ablation=cfg.ablation, latent_dim=cfg.latent_dim, alpha1=cfg.alpha1,
-        alpha2=cfg.alpha2, alpha3=cfg.alpha3, critic_hidden=cfg.critic_hidden,
-        fusion_hidden=cfg.fusion_hidden, encoder_hidden=cfg.encoder_hidden,
-        ema_decay=cfg.ema_decay, input_norm=cfg.input_norm, logvar_bound=cfg.logvar_bound,
-        redundant_floor=cfg.redundant_floor)
-
-
-def enable_replace_mode(model: Recommender, mrdib: MRdIB) -> None:
-    r"""Route the backbone's fusion through MRdIB's posterior means (the spec's optional
-    "replace" extension). Needs the backbone's documented :attr:`modality_hook`, and
-    :math:`\mu_m` as wide as the representation it replaces."""
-    if not hasattr(model, 'modality_hook'):
-        raise ValueError(f"Replace mode needs a backbone with a 'modality_hook' "
-                         f"(got {model.__class__.__name__}); plug-in mode needs none")
-    wrong = {m: d for m, d in mrdib.modality_dims.items() if d != mrdib.latent_dim}
-    if wrong:
-        raise ValueError(f"Replace mode puts MRdIB's means (latent_dim={mrdib.latent_dim}) in "
-                         f"place of the backbone's modality representations, whose widths "
-                         f"are {wrong}: set latent_dim to match")
-
-    model.modality_hook = mrdib.encode_items
-
-
 @dataclass
 class EarlyStopping:
     r"""MMRec's rule: an epoch improves only if the metric, rounded to 4 decimals, is
@@ -379,6 +313,9 @@ class Trainer:
             params += list(plugin.main_parameters())
         self.params = params
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # MMRec's LambdaLR: lr * lr_decay ** (epoch / lr_decay_step), stepped after each epoch.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda epoch: cfg.lr_decay ** (epoch / cfg.lr_decay_step))
         self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
         self.is_main = self.rank == 0
         if self.world_size > 1:
@@ -481,6 +418,7 @@ class Trainer:
             t0 = time.perf_counter()
             losses = self.train_epoch(epoch)
             train_times.append(time.perf_counter() - t0)
+            self.scheduler.step()
             diagnostics = {}
             for plugin in self.plugins:
                 diagnostics.update(plugin.epoch_end(epoch, self.model))
@@ -527,6 +465,7 @@ class Trainer:
         state = dict(progress)
         state.update({'format': 1, 'config': self.cfg.to_dict(),
                       'model': self.model.state_dict(), 'optimizer': self.optimizer.state_dict(),
+                      'scheduler': self.scheduler.state_dict(),
                       'plugins': {p.name: p.state_dict() for p in self.plugins},
                       'sampler': self.sampler.state_dict(), 'rng': rng_state(),
                       'info': self.info})
@@ -546,6 +485,8 @@ class Trainer:
                              f"this trainer has {names}")
         self.model.load_state_dict(state['model'])
         self.optimizer.load_state_dict(state['optimizer'])
+        if 'scheduler' in state:  # checkpoints before the decay option have none (no decay)
+            self.scheduler.load_state_dict(state['scheduler'])
         for plugin in self.plugins:
             plugin.load_state_dict(state['plugins'][plugin.name])
         self.sampler.load_state_dict(state['sampler'])
@@ -562,89 +503,3 @@ class Trainer:
                 plugin.load_state_dict(state['plugins'][plugin.name])
         self.model.invalidate_cache()
         return state['epoch']
-
-
-def build_trainer(cfg: TrainConfig, data: HeteroData) -> Trainer:
-    r"""Seed, then build the backbone (and MRdIB, in replace mode if asked) and its
-    :class:`Trainer`."""
-    seed_everything(cfg.seed)
-    model = build_model(cfg, data)
-    mrdib = None
-    if cfg.mrdib:
-        mrdib = build_mrdib(cfg, model)
-        if cfg.replace:
-            enable_replace_mode(model, mrdib)
-    elif cfg.replace:
-        raise ValueError('replace=True needs mrdib=True')
-    return Trainer(model, data, cfg, mrdib)
-
-
-def run(cfg: TrainConfig, data: Optional[HeteroData] = None,
-        resume: bool = False) -> TrainResult:
-    r"""Load data, build the model (and MRdIB), train, and write ``results.json`` to
-    :obj:`cfg.out_dir` when set. Returns the :class:`TrainResult`.
-
-    The options, the device, the output and data folders and the model and dataset
-    arguments are checked first, before any data is loaded (:class:`ValueError`).
-
-    With :obj:`resume=True`, continue the run whose ``last.pt`` is in :obj:`cfg.out_dir`
-    (:obj:`cfg` as :func:`resume_config` gives it): data, model and plug-ins are rebuilt as
-    above, the checkpoint's states loaded (:meth:`Trainer.load_checkpoint`), and training
-    goes on from the epoch after it. A run that is already over (stopped early, or at its
-    last epoch) is not rebuilt: its stored result is returned (and written) as it is.
-
-    Under ``torchrun`` (``WORLD_SIZE`` > 1) it joins the process group first (and leaves it
-    at the end) unless one is already initialised; every rank then returns the same result,
-    and only rank 0 writes files (see :class:`Trainer`)."""
-    cfg.validate()
-    resolve_device(cfg.device)
-    joined = not dist_utils.is_initialized() and dist_utils.init_from_env(cfg.device)
-    try:
-        return _run(cfg, data, resume)
-    finally:
-        if joined:
-            dist_utils.shutdown()
-
-
-def _run(cfg: TrainConfig, data: Optional[HeteroData], resume: bool) -> TrainResult:
-    from mrdib_pyg.train.config import check_kwargs
-    cfg.check_paths()
-    if cfg.model not in MODELS:
-        raise ValueError(f"Unknown model '{cfg.model}' (available: {', '.join(MODELS)})")
-    model_cls = MODELS[cfg.model]
-    check_kwargs(cfg.model_args, [model_cls.from_data, model_cls], f"model '{cfg.model}'",
-                 '--model-arg')
-    if data is None and cfg.dataset == 'synthetic':
-        from mrdib_pyg.data.synthetic import SyntheticMM
-        check_kwargs(cfg.dataset_args, [SyntheticMM], "dataset 'synthetic'", '--dataset-arg')
-    elif data is None:
-        from mrdib_pyg.data.amazon_mm import AmazonMM
-        check_kwargs(cfg.dataset_args, [AmazonMM], f"dataset '{cfg.dataset}'", '--dataset-arg',
-                     taken={'root': '--root', 'name': '--dataset',
-                            'fill_missing': '--fill-missing'})
-    state = None
-    if resume:
-        if not cfg.out_dir:
-            raise ValueError('resume=True needs out_dir: the folder of the run to continue')
-        state = read_checkpoint(cfg.out_dir)
-        check_checkpoint_options(state, cfg)
-        if dist_utils.is_main():
-            for partial in glob.glob(os.path.join(glob.escape(cfg.out_dir), '.*.pt.*.tmp')):
-                os.remove(partial)  # what a kill during _atomic_save left behind
-    if state is not None and checkpoint_finished(state, cfg):
-        result = result_from_checkpoint(state)
-    else:
-        seed_everything(cfg.seed)
-        data = load_data(cfg) if data is None else data
-        if has_generated_features(data):
-            warnings.warn('This dataset carries GENERATED features (not the real image/text '
-                          'features); report results as such', stacklevel=2)
-        trainer = build_trainer(cfg, data)
-        if state is not None:
-            trainer.load_checkpoint(state)
-        result = trainer.fit()
-    if cfg.out_dir and dist_utils.is_main():
-        atomic_write(os.path.join(cfg.out_dir, 'results.json'),
-                     lambda tmp: _write_json(tmp, result.to_dict()))
-    dist_utils.barrier()  # the other ranks return once rank 0's files are written
-    return result

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from mrdib_pyg.train import trainer
+from mrdib_pyg.train import build
 from mrdib_pyg.train.cli import main
 from mrdib_pyg.train.config import TrainConfig
 
@@ -21,7 +21,7 @@ TINY = ['--dataset-arg', 'num_users=60', '--dataset-arg', 'num_items=40',
 def no_data(monkeypatch):
     r"""Loading data means a wrong option was not caught first: fail the test (pytest's
     exception is not one the command line catches)."""
-    monkeypatch.setattr(trainer, 'load_data',
+    monkeypatch.setattr(build, 'load_data',
                         lambda cfg: pytest.fail('data loaded before the options were checked'))
 
 
@@ -81,16 +81,16 @@ def test_validate_accepts_the_defaults_and_none_where_allowed():
 
 def test_run_validates_before_loading_data(no_data):
     with pytest.raises(ValueError, match=r'epochs \(--epochs\)'):
-        trainer.run(TrainConfig().update(dict(epochs=0)))
+        build.run(TrainConfig().update(dict(epochs=0)))
     with pytest.raises(ValueError, match="model 'bprmf' has no argument 'foo'"):
-        trainer.run(TrainConfig().update(dict(model='bprmf', model_args={'foo': 1})))
+        build.run(TrainConfig().update(dict(model='bprmf', model_args={'foo': 1})))
 
 
 # -- backbone and dataset arguments --------------------------------------------------------
 def test_unknown_model_argument_names_the_model_and_its_arguments(capsys, no_data):
     assert fail(capsys, '--model-arg', 'foo=1') == (
         "mrdib-train: error: model 'vbpr' has no argument 'foo' (--model-arg foo=...); its "
-        "arguments are: embedding_dim, fill_missing, order, reg_weight")
+        "arguments are: embedding_dim, order, reg_weight")
 
 
 def test_unknown_dataset_argument_names_the_dataset_and_its_arguments(capsys, no_data):
@@ -203,7 +203,7 @@ def test_root_whose_processed_folder_cannot_be_created(capsys, no_data, tmp_path
 def test_bare_key_errors_say_what_was_looked_up(capsys, monkeypatch):
     def lookup(cfg):
         return {}['userID']
-    monkeypatch.setattr(trainer, 'run', lookup)
+    monkeypatch.setattr(build, 'run', lookup)
     line = fail(capsys)
     assert line.startswith("mrdib-train: error: unknown key 'userID' (looked up in lookup(), "
                            "test_cli_errors.py line ")
@@ -212,7 +212,7 @@ def test_bare_key_errors_say_what_was_looked_up(capsys, monkeypatch):
 def test_unexpected_errors_are_reported_as_such(capsys, monkeypatch):
     def broken(cfg):
         raise TypeError('boom')
-    monkeypatch.setattr(trainer, 'run', broken)
+    monkeypatch.setattr(build, 'run', broken)
     assert fail(capsys) == ('mrdib-train: error: TypeError: boom (an unexpected error: set '
                             'MRDIB_TRACEBACK=1 to see where, and report it if the input looks '
                             'right)')
@@ -221,7 +221,7 @@ def test_unexpected_errors_are_reported_as_such(capsys, monkeypatch):
 def test_os_errors_name_the_file(capsys, monkeypatch, tmp_path):
     def denied(cfg):
         raise PermissionError(13, 'Permission denied', str(tmp_path / 'x'))
-    monkeypatch.setattr(trainer, 'run', denied)
+    monkeypatch.setattr(build, 'run', denied)
     assert fail(capsys) == f"mrdib-train: error: Permission denied: '{tmp_path / 'x'}'"
 
 

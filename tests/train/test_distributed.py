@@ -58,7 +58,7 @@ def _free_port() -> int:
 def _evaluate_fixed(rank: int = 0, world_size: int = 1):
     r"""Metrics of a freshly built (seeded) model, blocks of 16 users, val and test."""
     from mrdib_pyg.evaluate import FullRankEvaluator
-    from mrdib_pyg.train.trainer import build_model, seed_everything
+    from mrdib_pyg.train import build_model, seed_everything
     data = SyntheticMM(**TINY)[0]
     seed_everything(3)
     model = build_model(cfg('plain'), data).eval()
@@ -72,7 +72,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank,
                            world_size=WORLD)
     try:
-        from mrdib_pyg.train.trainer import run
+        from mrdib_pyg.train import run
         res = {'eval': _evaluate_fixed(rank, WORLD)}
         for case in CASES:
             r = run(cfg(case), SyntheticMM(**TINY)[0])
@@ -94,7 +94,7 @@ def ranks(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def single():
-    from mrdib_pyg.train.trainer import run
+    from mrdib_pyg.train import run
     res = {}
     for case in CASES:
         r = run(cfg(case), SyntheticMM(**TINY)[0])

@@ -8,7 +8,7 @@ from mrdib_pyg.nn.models import LightGCN, Recommender, VBPR
 from mrdib_pyg.nn.mrdib import MRdIB
 from mrdib_pyg.nn.output import BPRBatch, ModalityOutput, RecOutput
 from mrdib_pyg.train.config import TrainConfig
-from mrdib_pyg.train.trainer import Trainer, build_mrdib, build_trainer, run
+from mrdib_pyg.train import Trainer, build_mrdib, build_trainer, run
 
 SMALL = dict(num_users=100, num_items=60, image_dim=24, text_dim=12,
              interactions_per_user=(5, 10), seed=2)

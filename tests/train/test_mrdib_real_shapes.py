@@ -13,7 +13,7 @@ import torch
 from mrdib_pyg.data.synthetic import SyntheticMM
 from mrdib_pyg.nn.models import VBPR
 from mrdib_pyg.train.config import TrainConfig
-from mrdib_pyg.train.trainer import Trainer, build_mrdib
+from mrdib_pyg.train import Trainer, build_mrdib
 
 
 @pytest.fixture(scope='module')

@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from mrdib_pyg.data.synthetic import SyntheticMM
-from mrdib_pyg.train import trainer as trainer_module
+from mrdib_pyg.train import build as build_module
 from mrdib_pyg.train.cli import main
 from mrdib_pyg.train.config import TrainConfig
-from mrdib_pyg.train.trainer import LAST, build_trainer, read_checkpoint, resume_config, run
+from mrdib_pyg.train import build_trainer, run
+from mrdib_pyg.train.trainer import LAST, read_checkpoint, resume_config
 
 TINY = dict(num_users=80, num_items=50, image_dim=16, text_dim=8,
             interactions_per_user=(4, 10), seed=1)
@@ -110,7 +111,7 @@ def test_more_epochs_continue_a_finished_run_and_a_finished_run_is_reported(
     assert numbers(resumed.to_dict()) == numbers(full.to_dict())
     assert len(short.history) == 2
     # Over: its stored result, without loading data or training again.
-    monkeypatch.setattr(trainer_module, 'load_data', lambda c: pytest.fail('data loaded'))
+    monkeypatch.setattr(build_module, 'load_data', lambda c: pytest.fail('data loaded'))
     again = run(resume_config(str(tmp_path / 'short')), resume=True)
     assert again.to_dict() == resumed.to_dict()
     saved = json.loads((tmp_path / 'short' / 'results.json').read_text())

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from mrdib_pyg.train import trainer
+from mrdib_pyg.train import build
 from mrdib_pyg.train.config import TrainConfig
 from mrdib_pyg.train.search import main, parse_space, search
 from mrdib_pyg.train.trainer import TrainResult
@@ -30,7 +30,7 @@ def fake_valid(cfg):
 
 
 class FakeRun:
-    r"""Replaces trainer.run: records calls, optionally fails after :obj:`fail_after`."""
+    r"""Replaces build.run: records calls, optionally fails after :obj:`fail_after`."""
 
     def __init__(self, valid=fake_valid, fail_after=None):
         self.calls, self.valid, self.fail_after = [], valid, fail_after
@@ -49,7 +49,7 @@ class FakeRun:
 @pytest.fixture
 def fake(monkeypatch):
     f = FakeRun()
-    monkeypatch.setattr(trainer, 'run', f)
+    monkeypatch.setattr(build, 'run', f)
     return f
 
 
@@ -70,7 +70,7 @@ def test_coordinate_visits_each_setting_once_and_selects_best_validation(tmp_pat
 
 def test_ties_go_to_the_first_value_in_grid_order(tmp_path, monkeypatch):
     f = FakeRun(valid=lambda cfg: 0.3)
-    monkeypatch.setattr(trainer, 'run', f)
+    monkeypatch.setattr(build, 'run', f)
     space = {'alpha1': [1e-2, 1e-4, 5e-3], 'alpha2': [5e-2, 1e-3]}
     res = search(base_cfg(), space, 'coordinate', str(tmp_path / 'c'), log=lambda s: None)
     assert res.selected == {'alpha1': 1e-2, 'alpha2': 5e-2}
@@ -84,7 +84,7 @@ def test_halving_keeps_top_third_per_rung_and_multiplies_the_budget(tmp_path, mo
         return fake_valid(cfg) + 0.05 * math.sin(1e3 * cfg.alpha1 * cfg.alpha2 + cfg.epochs
                                                  + 7 * cfg.alpha3)
     f = FakeRun(valid=valid)
-    monkeypatch.setattr(trainer, 'run', f)
+    monkeypatch.setattr(build, 'run', f)
     space = {a: [1e-3, 1e-2, 5e-2] for a in ALPHAS}
     res = search(base_cfg(epochs=20), space, 'halving', str(tmp_path), eta=3,
                  min_epochs=1, log=lambda s: None)
@@ -109,14 +109,14 @@ def test_halving_samples_max_configs(tmp_path, fake):
 
 def test_resume_reruns_only_missing_trials(tmp_path, monkeypatch):
     first = FakeRun(fail_after=5)
-    monkeypatch.setattr(trainer, 'run', first)
+    monkeypatch.setattr(build, 'run', first)
     with pytest.raises(RuntimeError, match='interrupted'):
         search(base_cfg(), None, 'coordinate', str(tmp_path), log=lambda s: None, plots=False)
     assert len(list(csv.DictReader(open(tmp_path / 'trials.csv')))) == 5
     done = [c[0] for c in first.calls]
 
     second = FakeRun()
-    monkeypatch.setattr(trainer, 'run', second)
+    monkeypatch.setattr(build, 'run', second)
     lines = []
     res = search(base_cfg(), None, 'coordinate', str(tmp_path), log=lines.append, plots=False)
     assert '5 finished runs read back' in lines[0]
@@ -126,7 +126,7 @@ def test_resume_reruns_only_missing_trials(tmp_path, monkeypatch):
 
     # A complete folder reruns nothing (the selected test is read from selected.json) ...
     third = FakeRun()
-    monkeypatch.setattr(trainer, 'run', third)
+    monkeypatch.setattr(build, 'run', third)
     assert search(base_cfg(), None, 'coordinate', str(tmp_path),
                   log=lambda s: None).test['Recall@20'] == SELECTED_TEST
     assert third.calls == []

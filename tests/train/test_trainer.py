@@ -6,7 +6,7 @@ import torch
 from mrdib_pyg.data.synthetic import SyntheticMM
 from mrdib_pyg.train.cli import config_from_args, main
 from mrdib_pyg.train.config import TrainConfig
-from mrdib_pyg.train.trainer import EarlyStopping, Trainer, build_model, run
+from mrdib_pyg.train import EarlyStopping, Trainer, build_model, run
 
 SMALL = dict(num_users=120, num_items=80, image_dim=32, text_dim=16,
              interactions_per_user=(5, 12), seed=1)
@@ -151,7 +151,7 @@ def test_cli_end_to_end_on_an_unseen_mmrec_format_dataset(tmp_path, capsys):
 def test_generated_features_are_flagged_by_their_source_not_the_dataset_name(data):
     from mrdib_pyg.data import attach_generated_features
     from mrdib_pyg.data.schema import build_heterodata
-    from mrdib_pyg.train.trainer import has_generated_features
+    from mrdib_pyg.train.build import has_generated_features
     assert not has_generated_features(data)  # synthetic throughout, whatever cfg.dataset says
     rates = data['user', 'rates', 'item']
     bare = build_heterodata(data['user'].num_nodes, data['item'].num_nodes, rates.edge_index,

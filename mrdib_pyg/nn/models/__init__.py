@@ -1,14 +1,12 @@
-r"""Backbones: one file per model, each a short composition of :mod:`mrdib_pyg.nn.conv`."""
-from mrdib_pyg.nn.models.base import Recommender
+r"""Backbones: one file per model, each a short composition of :mod:`mrdib_pyg.nn.conv`.
+
+Importing this package registers every backbone in :data:`MODELS`
+(:func:`~mrdib_pyg.nn.models.registry.register_model`)."""
+from mrdib_pyg.nn.models.base import MultimodalRecommender, Recommender, mmrec_modality_order
+from mrdib_pyg.nn.models.registry import MODELS, describe_models, model_defaults, register_model
 from mrdib_pyg.nn.models.bpr_mf import BPRMF
 from mrdib_pyg.nn.models.lightgcn import LightGCN
 from mrdib_pyg.nn.models.vbpr import VBPR
 
-#: Name -> class, as the trainer and command line know them.
-MODELS = {
-    'bprmf': BPRMF,
-    'lightgcn': LightGCN,
-    'vbpr': VBPR,
-}
-
-__all__ = ['Recommender', 'BPRMF', 'LightGCN', 'VBPR', 'MODELS']
+__all__ = ['Recommender', 'MultimodalRecommender', 'BPRMF', 'LightGCN', 'VBPR', 'MODELS',
+           'register_model', 'model_defaults', 'describe_models', 'mmrec_modality_order']

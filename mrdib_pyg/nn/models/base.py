@@ -1,11 +1,17 @@
-r"""The small base class every backbone derives from."""
-from typing import Optional
+r"""The base classes every backbone derives from: :class:`Recommender` (tables, loss,
+cached scoring, declared graphs) and :class:`MultimodalRecommender` (modality order, feature
+buffers, per-modality outputs, the plug-in hook)."""
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch_geometric.data import HeteroData
 
+from mrdib_pyg.data.sampling import BPRBatch
+from mrdib_pyg.data.derived import GraphSpec, build_graphs
+from mrdib_pyg.data.schema import ITEM, USER, item_features, modality_names
 from mrdib_pyg.nn.loss import bpr_loss
-from mrdib_pyg.nn.output import BPRBatch, RecOutput
+from mrdib_pyg.nn.output import RecOutput
 
 
 class Recommender(nn.Module):
@@ -13,7 +19,10 @@ class Recommender(nn.Module):
 
     A backbone owns the (non-learned) graphs and features it needs as non-persistent
     buffers, so :meth:`forward` takes no input and :obj:`model.to(device)` moves everything.
-    Subclasses implement:
+    It receives its graphs as constructor arguments and never builds one itself: it
+    *declares* them in :meth:`graph_specs` (:mod:`mrdib_pyg.data.derived`), and
+    :meth:`from_data` has the data layer build them once (cached in the dataset's
+    ``processed/`` folder when a :obj:`cache_dir` is given). Subclasses implement:
 
     * :meth:`forward` :math:`\rightarrow` :class:`~mrdib_pyg.nn.output.RecOutput` (full tables);
     * :meth:`loss` — the backbone's own training loss on a :class:`BPRBatch`
@@ -27,13 +36,39 @@ class Recommender(nn.Module):
     graph.
     """
     #: Whether the backbone exposes per-modality outputs (MRdIB refuses those that don't).
-    multimodal: bool = False
+    multimodal: ClassVar[bool] = False
+    #: Training options this backbone's MMRec configuration sets beside the model's own
+    #: (e.g. MGCN's learning-rate decay); the command line layers them under the dataset
+    #: preset, ``--config`` and flags (:meth:`~mrdib_pyg.train.TrainConfig.preset`).
+    train_defaults: ClassVar[Dict[str, Any]] = {}
 
     def __init__(self, num_users: int, num_items: int):
         super().__init__()
         self.num_users = int(num_users)
         self.num_items = int(num_items)
         self._cache: Optional[RecOutput] = None
+
+    # -- construction -----------------------------------------------------------------
+    @classmethod
+    def graph_specs(cls, **kwargs) -> Dict[str, GraphSpec]:
+        r"""The derived graphs this backbone needs, keyed by the constructor argument that
+        receives each, for the constructor arguments :obj:`kwargs` (e.g. :obj:`knn_k`).
+        None by default."""
+        return {}
+
+    @classmethod
+    def from_data(cls, data: HeteroData, cache_dir: Optional[str] = None, **kwargs):
+        r"""The backbone for :obj:`data`: table sizes from its node counts, graphs of
+        :meth:`graph_specs` built from its training edges (a graph passed in
+        :obj:`kwargs` is used as given), :obj:`kwargs` for the rest."""
+        graphs = cls._graphs(data, cache_dir, 'keep', kwargs)
+        return cls(data[USER].num_nodes, data[ITEM].num_nodes, **graphs, **kwargs)
+
+    @classmethod
+    def _graphs(cls, data: HeteroData, cache_dir: Optional[str], fill: str,
+                kwargs: Dict[str, Any]) -> Dict[str, Tensor]:
+        specs = {k: s for k, s in cls.graph_specs(**kwargs).items() if k not in kwargs}
+        return build_graphs(data, specs, cache_dir, fill)
 
     # -- training ---------------------------------------------------------------------
     def forward(self) -> RecOutput:  # pragma: no cover - abstract
@@ -78,3 +113,82 @@ class Recommender(nn.Module):
 
     def extra_repr(self) -> str:
         return f'num_users={self.num_users}, num_items={self.num_items}'
+
+
+ModalityHook = Callable[[Dict[str, Tensor]], Dict[str, Tensor]]
+
+
+def mmrec_modality_order(names: Sequence[str]) -> List[str]:
+    r"""MMRec's order: text, then image (VBPR concatenates ``[text || image]``); other
+    modalities follow in the given order."""
+    head = [n for n in ('text', 'image') if n in names]
+    return head + [n for n in names if n not in head]
+
+
+class MultimodalRecommender(Recommender):
+    r"""Base class of the backbones with modality features. It owns, once for all of them:
+
+    * the modality order (:attr:`modalities`; MMRec's, text first, unless given) and one
+      non-persistent feature buffer per modality (:meth:`feature`), checked for shape;
+    * :meth:`from_data`, which reads the features with :obj:`fill_missing` (items without a
+      modality: :obj:`'keep'` their zero rows, MMRec's :obj:`'mean'`, or :obj:`'zero'`) and
+      builds the declared graphs from the same filled features;
+    * the plug-in hook (:attr:`modality_hook`): a backbone that sets
+      :attr:`supports_replace` routes its per-modality representations through
+      :meth:`apply_modality_hook` before fusing them (MRdIB's replace mode); a plug-in
+      otherwise only reads :attr:`RecOutput.modalities <mrdib_pyg.nn.output.RecOutput>`.
+
+    Subclasses call ``super().__init__(num_users, num_items, features, order)`` and return
+    every modality in :attr:`RecOutput.modalities`.
+
+    Args:
+        num_users (int), num_items (int): table sizes.
+        features (dict): modality name :math:`\rightarrow` :obj:`[I, d_m]` features.
+        order (list, optional): the modality order (default: MMRec's).
+    """
+    multimodal: ClassVar[bool] = True
+    #: Whether :meth:`forward` fuses :meth:`apply_modality_hook`'s output (replace mode).
+    supports_replace: ClassVar[bool] = False
+
+    def __init__(self, num_users: int, num_items: int, features: Mapping[str, Tensor],
+                 order: Optional[Sequence[str]] = None):
+        super().__init__(num_users, num_items)
+        name = self.__class__.__name__
+        if not features:
+            raise ValueError(f"'{name}' needs at least one modality's features (got none)")
+        self.modalities = (list(order) if order is not None
+                           else mmrec_modality_order(list(features)))
+        if sorted(self.modalities) != sorted(features):
+            raise ValueError(f"'{name}' order {self.modalities} does not match the "
+                             f"modalities {sorted(features)}")
+        for m in self.modalities:
+            x = features[m]
+            if x.dim() != 2 or x.size(0) != num_items:
+                raise ValueError(f"'{name}': modality '{m}' has shape {tuple(x.shape)}, "
+                                 f"expected [{num_items}, d] (one row per item)")
+            self.register_buffer(f'feat_{m}', x.float(), persistent=False)
+        self.feature_dims = {m: features[m].size(1) for m in self.modalities}
+        self.modality_hook: Optional[ModalityHook] = None
+
+    @classmethod
+    def from_data(cls, data: HeteroData, fill_missing: str = 'keep',
+                  cache_dir: Optional[str] = None, **kwargs):
+        names = modality_names(data)
+        if not names:
+            raise ValueError(f"'{cls.__name__}' needs modality features, and the dataset has "
+                             f"none")
+        feats = {m: item_features(data, m, fill_missing) for m in names}
+        graphs = cls._graphs(data, cache_dir, fill_missing, kwargs)
+        return cls(data[USER].num_nodes, data[ITEM].num_nodes, feats, **graphs, **kwargs)
+
+    def feature(self, modality: str) -> Tensor:
+        r"""The :obj:`[I, d_m]` raw features of :obj:`modality`."""
+        return getattr(self, f'feat_{modality}')
+
+    def apply_modality_hook(self, reps: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        r""":obj:`reps` through :attr:`modality_hook` when one is set (replace mode)."""
+        return reps if self.modality_hook is None else self.modality_hook(reps)
+
+    def extra_repr(self) -> str:
+        mods = ', '.join(f'{m}={d}' for m, d in self.feature_dims.items())
+        return f'{super().extra_repr()}, modalities=({mods})'

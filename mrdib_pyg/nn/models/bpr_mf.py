@@ -1,14 +1,15 @@
 r"""BPR matrix factorisation."""
 import torch
 from torch import Tensor, nn
-from torch_geometric.data import HeteroData
 
-from mrdib_pyg.data.schema import ITEM, USER
+from mrdib_pyg.data.sampling import BPRBatch
 from mrdib_pyg.nn.loss import emb_loss
 from mrdib_pyg.nn.models.base import Recommender
-from mrdib_pyg.nn.output import BPRBatch, RecOutput
+from mrdib_pyg.nn.models.registry import register_model
+from mrdib_pyg.nn.output import RecOutput
 
 
+@register_model('bprmf', 'matrix factorisation with BPR (MMRec BPR)')
 class BPRMF(Recommender):
     r"""Matrix factorisation trained with the BPR loss of `"BPR: Bayesian Personalized
     Ranking from Implicit Feedback" <https://arxiv.org/abs/1205.2618>`_:
@@ -35,10 +36,6 @@ class BPRMF(Recommender):
         self.user_emb = nn.Parameter(torch.empty(num_users, embedding_dim))
         self.item_emb = nn.Parameter(torch.empty(num_items, embedding_dim))
         self.reset_parameters()
-
-    @classmethod
-    def from_data(cls, data: HeteroData, **kwargs) -> 'BPRMF':
-        return cls(data[USER].num_nodes, data[ITEM].num_nodes, **kwargs)
 
     def reset_parameters(self) -> None:
         nn.init.xavier_normal_(self.user_emb)

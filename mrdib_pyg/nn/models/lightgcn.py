@@ -1,18 +1,17 @@
 r"""LightGCN on the precomputed user–item adjacency."""
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
-from torch_geometric.data import HeteroData
 
-from mrdib_pyg.data.adjacency import adjacency_from_data
-from mrdib_pyg.data.schema import ITEM, USER
+from mrdib_pyg.data.sampling import BPRBatch
+from mrdib_pyg.data.derived import UserItemGraph
 from mrdib_pyg.nn.conv import LGPropagation, SparseOperator
 from mrdib_pyg.nn.loss import emb_loss
 from mrdib_pyg.nn.models.base import Recommender
-from mrdib_pyg.nn.output import BPRBatch, RecOutput
+from mrdib_pyg.nn.models.registry import register_model
+from mrdib_pyg.nn.output import RecOutput
 
 
+@register_model('lightgcn', 'LightGCN on the user-item graph (MMRec LightGCN)')
 class LightGCN(Recommender):
     r"""The LightGCN model of `"LightGCN: Simplifying and Powering Graph Convolution Network
     for Recommendation" <https://arxiv.org/abs/2002.02126>`_, as MMRec trains it:
@@ -48,9 +47,8 @@ class LightGCN(Recommender):
         self.reset_parameters()
 
     @classmethod
-    def from_data(cls, data: HeteroData, adj: Optional[Tensor] = None, **kwargs) -> 'LightGCN':
-        adj = adjacency_from_data(data) if adj is None else adj
-        return cls(data[USER].num_nodes, data[ITEM].num_nodes, adj, **kwargs)
+    def graph_specs(cls, **kwargs):
+        return {'adj': UserItemGraph(norm='sym')}
 
     def reset_parameters(self) -> None:
         nn.init.xavier_uniform_(self.user_emb)

@@ -1,26 +1,19 @@
 r"""VBPR with its content projection split per modality."""
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.data import HeteroData
 
-from mrdib_pyg.data.schema import ITEM, USER, item_features, modality_names
+from mrdib_pyg.data.sampling import BPRBatch
 from mrdib_pyg.nn.loss import emb_loss
-from mrdib_pyg.nn.models.base import Recommender
-from mrdib_pyg.nn.output import BPRBatch, ModalityOutput, RecOutput
-
-ModalityHook = Callable[[Dict[str, Tensor]], Dict[str, Tensor]]
-
-
-def mmrec_modality_order(names: Sequence[str]) -> List[str]:
-    r"""MMRec concatenates ``[text || image]``; other modalities follow in given order."""
-    head = [n for n in ('text', 'image') if n in names]
-    return head + [n for n in names if n not in head]
+from mrdib_pyg.nn.models.base import MultimodalRecommender
+from mrdib_pyg.nn.models.registry import register_model
+from mrdib_pyg.nn.output import ModalityOutput, RecOutput
 
 
-class VBPR(Recommender):
+@register_model('vbpr', 'VBPR: ID and projected content embeddings (MMRec VBPR)')
+class VBPR(MultimodalRecommender):
     r"""VBPR from `"VBPR: Visual Bayesian Personalized Ranking from Implicit Feedback"
     <https://arxiv.org/abs/1510.01784>`_, in MMRec's multimodal version:
 
@@ -52,38 +45,19 @@ class VBPR(Recommender):
         order (list, optional): concatenation order of the modalities (default: MMRec's,
             text first).
     """
-    multimodal = True
+    supports_replace = True
 
     def __init__(self, num_users: int, num_items: int, features: Dict[str, Tensor],
                  embedding_dim: int = 64, reg_weight: float = 1e-3,
                  order: Optional[Sequence[str]] = None):
-        super().__init__(num_users, num_items)
-        if not features:
-            raise ValueError(f"'{self.__class__.__name__}' needs at least one modality's "
-                             f"features (got none)")
-        self.order = list(order) if order is not None else mmrec_modality_order(list(features))
-        if sorted(self.order) != sorted(features):
-            raise ValueError(f"'{self.__class__.__name__}' order {self.order} does not match "
-                             f"the modalities {sorted(features)}")
-        for name in self.order:
-            x = features[name]
-            if x.size(0) != num_items:
-                raise ValueError(f"'{self.__class__.__name__}': modality '{name}' has "
-                                 f"{x.size(0)} rows, expected {num_items} items")
-            self.register_buffer(f'feat_{name}', x.float(), persistent=False)
-        self.dims = [features[n].size(1) for n in self.order]
+        super().__init__(num_users, num_items, features, order)
+        self.dims = [self.feature_dims[n] for n in self.modalities]
         self.embedding_dim = embedding_dim
         self.reg_weight = reg_weight
         self.user_emb = nn.Parameter(torch.empty(num_users, 2 * embedding_dim))
         self.item_emb = nn.Parameter(torch.empty(num_items, embedding_dim))
         self.item_linear = nn.Linear(sum(self.dims), embedding_dim)
-        self.modality_hook: Optional[ModalityHook] = None
         self.reset_parameters()
-
-    @classmethod
-    def from_data(cls, data: HeteroData, fill_missing: str = 'keep', **kwargs) -> 'VBPR':
-        feats = {m: item_features(data, m, fill_missing) for m in modality_names(data)}
-        return cls(data[USER].num_nodes, data[ITEM].num_nodes, feats, **kwargs)
 
     def reset_parameters(self) -> None:
         nn.init.xavier_uniform_(self.user_emb)
@@ -94,17 +68,17 @@ class VBPR(Recommender):
     def modality_projections(self) -> Dict[str, Tensor]:
         r""":math:`W_m \mathbf{f}^m` for every modality, :obj:`[I, d]` each."""
         weights = self.item_linear.weight.split(self.dims, dim=1)
-        return {name: F.linear(getattr(self, f'feat_{name}'), w)
-                for name, w in zip(self.order, weights)}
+        return {name: F.linear(self.feature(name), w)
+                for name, w in zip(self.modalities, weights)}
 
     def forward(self) -> RecOutput:
         reps = self.modality_projections()
-        fused_in = reps if self.modality_hook is None else self.modality_hook(reps)
-        content = torch.stack([fused_in[n] for n in self.order]).sum(0) + self.item_linear.bias
+        fused_in = self.apply_modality_hook(reps)
+        content = torch.stack([fused_in[n] for n in self.modalities]).sum(0) + self.item_linear.bias
         item = torch.cat([self.item_emb, content], dim=-1)
         theta = self.user_emb[:, self.embedding_dim:]
         return RecOutput(user=self.user_emb, item=item,
-                         modalities={n: ModalityOutput(item=reps[n]) for n in self.order},
+                         modalities={n: ModalityOutput(item=reps[n]) for n in self.modalities},
                          modality_user=theta)
 
     def regularizer(self, out: RecOutput, batch: BPRBatch) -> Tensor:
@@ -113,5 +87,4 @@ class VBPR(Recommender):
             batch.users.numel())
 
     def extra_repr(self) -> str:
-        mods = ', '.join(f'{n}={d}' for n, d in zip(self.order, self.dims))
-        return f'{super().extra_repr()}, embedding_dim={self.embedding_dim}, modalities=({mods})'
+        return f'{super().extra_repr()}, embedding_dim={self.embedding_dim}'

@@ -53,7 +53,7 @@ def test_score_cache_is_dropped_when_training_resumes(data):
 def test_vbpr_split_equals_mmrec_single_linear(data):
     torch.manual_seed(0)
     model = VBPR.from_data(data)
-    assert model.order == ['text', 'image']  # MMRec concatenates text first
+    assert model.modalities == ['text', 'image']  # MMRec concatenates text first
     out = model()
     raw = torch.cat([data['text'].x, data['image'].x], dim=-1)
     content = model.item_linear(raw)
@@ -75,7 +75,7 @@ def test_vbpr_modality_hook_replaces_fusion_input(data):
 
 
 def test_vbpr_rejects_bad_features():
-    with pytest.raises(ValueError, match='rows'):
+    with pytest.raises(ValueError, match='one row per item'):
         VBPR(3, 4, {'image': torch.randn(5, 2)})
     with pytest.raises(ValueError, match='at least one'):
         VBPR(3, 4, {})
