@@ -9,7 +9,8 @@ includes the Python/PyTorch import) and its wall time:
 * ``graphs``: the normalised bipartite adjacency, a 10-NN cosine item graph per modality
   and the user-user co-occurrence graph (top-200), as :mod:`mrdib_pyg.data.graphs` builds
   them (no cache);
-* ``bprmf``, ``lightgcn``, ``vbpr``, ``vbpr+mrdib``: :func:`build_trainer` on the processed
+* ``bprmf``, ``lightgcn``, ``vbpr``, ``freedom``, ``mgcn``, ``mmgcn`` and each multimodal one
+  ``+mrdib``: :func:`build_trainer` (the model's preset) on the processed
   dataset (batch size 2048), :meth:`Trainer.train_epoch` over the first ``--batches``
   batches of the trainer's own sampler (the per-batch work is the trainer's), and one full
   validation pass (:meth:`Trainer.evaluate`).
@@ -46,7 +47,8 @@ LIMIT_GIB = 8.0
 #: Amazon Clothing after MMRec's preprocessing (mrdib_pyg.data.amazon_mm.KNOWN_COUNTS).
 FULL_SHAPE = dict(users=39387, items=23033, interactions=278677, image_dim=4096, text_dim=384)
 QUICK_SHAPE = dict(users=3939, items=2303, interactions=27868, image_dim=4096, text_dim=384)
-BACKBONES = ('bprmf', 'lightgcn', 'vbpr', 'vbpr+mrdib')
+BACKBONES = ('bprmf', 'lightgcn', 'vbpr', 'vbpr+mrdib', 'freedom', 'freedom+mrdib', 'mgcn',
+             'mgcn+mrdib', 'mmgcn', 'mmgcn+mrdib')
 STEPS = ('process', 'load', 'graphs') + BACKBONES
 RESULT = 'RESULT_JSON '
 
@@ -266,12 +268,12 @@ def build_graphs(data) -> dict:
 
 
 def train_backbone(step: str, data, root: str, name: str, args) -> dict:
-    from mrdib_pyg.train.config import TrainConfig
+    from mrdib_pyg.train.config import TrainConfig, parse_value
     from mrdib_pyg.train import build_trainer
     model, _, plug = step.partition('+')
-    cfg = TrainConfig().update(dict(dataset=name, root=root, model=model, mrdib=plug == 'mrdib',
-                                    batch_size=2048, seed=args.seed, device=args.device,
-                                    progress=False)).validate()
+    cfg = TrainConfig.preset(model, name).update(dict(
+        root=root, mrdib=plug == 'mrdib', batch_size=2048, seed=args.seed, device=args.device,
+        progress=False, model_args={k: parse_value(v) for k, v in args.model_arg or []})).validate()
     t = time.perf_counter()
     trainer = build_trainer(cfg, data)
     build_s = time.perf_counter() - t
@@ -318,6 +320,8 @@ def spawn(step: str, args, root: str, name: str, shape: dict) -> dict:
            '--name', name, '--shape', json.dumps(shape), '--seed', str(args.seed),
            '--threads', str(args.threads), '--batches', str(args.batches),
            '--device', args.device]
+    if args.model_arg:
+        cmd += ['--model-arg'] + [f'{k}={v}' for k, v in args.model_arg]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
                MKL_NUM_THREADS=str(args.threads))
     t = time.perf_counter()
@@ -345,6 +349,9 @@ def main():
     p.add_argument('--threads', type=int, default=1, help='torch / OpenMP threads per step')
     p.add_argument('--steps', nargs='+', default=list(STEPS), choices=STEPS)
     p.add_argument('--quick', action='store_true', help='a 10x smaller shape (smoke test)')
+    p.add_argument('--model-arg', nargs='*', type=lambda kv: tuple(kv.split('=', 1)),
+                   default=None, metavar='KEY=VALUE',
+                   help="backbone arguments for every backbone step, e.g. backend=torch_sparse")
     p.add_argument('--seed', type=int, default=999)
     p.add_argument('--device', default='auto')
     p.add_argument('--step-timeout', type=int, default=3600, help='seconds per step')

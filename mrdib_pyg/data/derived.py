@@ -24,6 +24,7 @@ The specs:
 Each spec is a frozen dataclass: equal parameters mean the same graph.
 """
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -164,6 +165,11 @@ class TrainingEdges(GraphSpec):
 
 
 def _knn_parts(x: Tensor, k: int, weighted: bool, loop: bool, norm: str):
+    most = x.size(0) if loop else x.size(0) - 1
+    if k > most:
+        warnings.warn(f"kNN item graph: k={k} exceeds the {most} candidate neighbours of "
+                      f"{x.size(0)} items; using k={most}", stacklevel=4)
+        k = most
     edge_index, weight = item_knn_graph(x, k, loop=loop)
     if not weighted:
         weight = torch.ones_like(weight)
@@ -262,15 +268,19 @@ class MixedItemKNN(GraphSpec):
         return total.coalesce().to_sparse_csr()
 
 
-def build_graphs(data: HeteroData, specs: Mapping[str, GraphSpec],
-                 cache_dir: Optional[str] = None, fill: str = 'keep') -> Dict[str, Tensor]:
-    r"""Every graph of :obj:`specs` (argument name -> spec) built from :obj:`data`'s
-    training edges and features, cached in :obj:`cache_dir` when given.
+def build_graphs(data: HeteroData, specs: Mapping[str, Any],
+                 cache_dir: Optional[str] = None, fill: str = 'keep') -> Dict[str, Any]:
+    r"""Every graph of :obj:`specs` (argument name -> spec, or -> a dict of specs, e.g. one
+    per modality) built from :obj:`data`'s training edges and features, cached in
+    :obj:`cache_dir` when given.
 
     Sparse matrices come back as :obj:`torch.sparse_csr` tensors, edge indices as dense
-    long tensors."""
-    out = {}
+    long tensors; a dict of specs gives a dict of graphs."""
+    out: Dict[str, Any] = {}
     for arg, spec in specs.items():
+        if isinstance(spec, Mapping):
+            out[arg] = build_graphs(data, spec, cache_dir, fill)
+            continue
         if not isinstance(spec, GraphSpec):
             raise TypeError(f"graph '{arg}': expected a GraphSpec (got {type(spec).__name__})")
         spec.check(data)

@@ -35,6 +35,14 @@ INTER_COLUMNS = ('userID', 'itemID', 'x_label')
 FEAT_SUFFIX = '_feat.npy'
 MISSING_SUFFIX = '_missing.txt'
 ID_MAP_FILES = ('user2id.json', 'item2id.json')
+#: The interaction formats :func:`detect_format` recognises (name -> the files that make one),
+#: in the order they are tried; the command line's help lists them from here.
+FORMATS: Dict[str, str] = {
+    MMREC: "MMRec: <name>.inter (tab-separated userID, itemID, x_label 0/1/2 = "
+           "train/valid/test)",
+    JSON: "LATTICE JSON: train.json, val.json, test.json (user id -> item ids), optional "
+          "user2id.json / item2id.json",
+}
 # Without an id map (or, for items, feature files) the counts are max id + 1; see
 # read_raw_folder for when a sparse id range is taken for a typo.
 SPARSE_SLACK = 1000

@@ -16,7 +16,7 @@ from mrdib_pyg.data.synthetic import has_generated_features
 from mrdib_pyg.nn.models import MODELS, Recommender
 from mrdib_pyg.nn.mrdib import MRdIB
 from mrdib_pyg.train import distributed as dist_utils
-from mrdib_pyg.train.config import TrainConfig, check_kwargs
+from mrdib_pyg.train.config import MRdIBOptions, TrainConfig, check_kwargs
 from mrdib_pyg.train.trainer import (Trainer, TrainResult, _write_json, check_checkpoint_options,
                                      checkpoint_finished, read_checkpoint, resolve_device,
                                      result_from_checkpoint, seed_everything)
@@ -65,12 +65,13 @@ def build_mrdib(cfg: TrainConfig, model: Recommender) -> MRdIB:
     option of :obj:`cfg`."""
     with torch.no_grad():
         out = model()
+    o = cfg.mrdib if cfg.mrdib is not None else MRdIBOptions()
     return MRdIB.from_output(
-        out, ablation=cfg.ablation, latent_dim=cfg.latent_dim, alpha1=cfg.alpha1,
-        alpha2=cfg.alpha2, alpha3=cfg.alpha3, critic_hidden=cfg.critic_hidden,
-        fusion_hidden=cfg.fusion_hidden, encoder_hidden=cfg.encoder_hidden,
-        ema_decay=cfg.ema_decay, input_norm=cfg.input_norm, logvar_bound=cfg.logvar_bound,
-        redundant_floor=cfg.redundant_floor)
+        out, ablation=o.ablation, latent_dim=o.latent_dim, alpha1=o.alpha1,
+        alpha2=o.alpha2, alpha3=o.alpha3, critic_hidden=o.critic_hidden,
+        fusion_hidden=o.fusion_hidden, encoder_hidden=o.encoder_hidden,
+        ema_decay=o.ema_decay, input_norm=o.input_norm, logvar_bound=o.logvar_bound,
+        redundant_floor=o.redundant_floor)
 
 
 def enable_replace_mode(model: Recommender, mrdib: MRdIB) -> None:
@@ -97,12 +98,10 @@ def build_trainer(cfg: TrainConfig, data: HeteroData) -> Trainer:
     seed_everything(cfg.seed)
     model = build_model(cfg, data)
     mrdib = None
-    if cfg.mrdib:
+    if cfg.mrdib is not None:
         mrdib = build_mrdib(cfg, model)
-        if cfg.replace:
+        if cfg.mrdib.replace:
             enable_replace_mode(model, mrdib)
-    elif cfg.replace:
-        raise ValueError('replace=True needs mrdib=True')
     return Trainer(model, data, cfg, mrdib)
 
 

@@ -18,7 +18,7 @@ import traceback
 import typing
 from typing import Any, Dict, List, Optional
 
-from mrdib_pyg.train.config import TrainConfig, parse_value
+from mrdib_pyg.train.config import MRDIB_KEYS, MRdIBOptions, TrainConfig, parse_value
 
 HELP = {
     'dataset': "'synthetic' (embedded default, no download) or any AmazonMM name "
@@ -75,6 +75,7 @@ def _field_parser(f: dataclasses.Field):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mrdib_pyg.data.readers import FORMATS
     from mrdib_pyg.nn.models import MODELS, describe_models
     p = argparse.ArgumentParser(
         prog='mrdib-train', formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -82,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                     'full-ranking metrics. With no arguments: VBPR on the embedded '
                     'SyntheticMM dataset.',
         epilog='models (--model NAME; defaults in brackets, change them with '
-               '--model-arg KEY=VALUE):\n  ' + describe_models().replace('\n', '\n  '))
+               '--model-arg KEY=VALUE):\n  ' + describe_models().replace('\n', '\n  ')
+               + '\n\ndataset formats (--dataset NAME reads ROOT/NAME/raw/, format detected '
+               'from the files; plus <modality>_feat.npy features, one row per item):\n  '
+               + '\n  '.join(f'{k}: {v}' for k, v in FORMATS.items()))
     help_text = dict(HELP, model=f"backbone: {', '.join(sorted(MODELS))} (see below)")
     p.add_argument('--config', help='YAML file of options (overridden by flags)')
     p.add_argument('--model-arg', action='append', metavar='KEY=VALUE',
@@ -101,21 +105,26 @@ def build_parser() -> argparse.ArgumentParser:
                         'OMP_NUM_THREADS) the results equal those of an uninterrupted run. A '
                         'finished run (stopped early, or all its epochs done) is reported as '
                         'it is')
-    for f in dataclasses.fields(TrainConfig):
+    main = [f for f in dataclasses.fields(TrainConfig) if f.name != 'mrdib']
+    mrdib_opts = p.add_argument_group('MRdIB plug-in (the mrdib: section of a --config file)')
+    mrdib_opts.add_argument('--mrdib', dest='mrdib', action=argparse.BooleanOptionalAction,
+                            default=None, help=HELP['mrdib'])
+    fields = [(p, f) for f in main] + [(mrdib_opts, f) for f in dataclasses.fields(MRdIBOptions)]
+    for group, f in fields:
         if f.name in ('model_args', 'dataset_args'):
             continue
         flag = '--' + f.name.replace('_', '-')
         default = (f.default if f.default is not dataclasses.MISSING
                    else f.default_factory())
         if isinstance(default, bool):
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                           default=None, help=help_text.get(f.name, f'(default: {default})'))
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=None, help=help_text.get(f.name, f'(default: {default})'))
         elif f.name == 'topk':
-            p.add_argument(flag, dest=f.name, type=int, nargs='+', default=None,
-                           help=f'(default: {list(default)})')
+            group.add_argument(flag, dest=f.name, type=int, nargs='+', default=None,
+                               help=f'(default: {list(default)})')
         else:
-            p.add_argument(flag, dest=f.name, type=_field_parser(f), default=None,
-                           help=help_text.get(f.name, f'(default: {default})'))
+            group.add_argument(flag, dest=f.name, type=_field_parser(f), default=None,
+                               help=help_text.get(f.name, f'(default: {default})'))
     return p
 
 
@@ -144,8 +153,8 @@ def config_from_args(argv: Optional[List[str]] = None) -> (TrainConfig, argparse
 
 
 def _flags(args: argparse.Namespace) -> Dict[str, Any]:
-    return {k: v for k, v in vars(args).items()
-            if k in TrainConfig.field_names() and v is not None}
+    names = set(TrainConfig.field_names()) | set(MRDIB_KEYS)
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
 
 
 def given_options(args: argparse.Namespace) -> Dict[str, Any]:
@@ -222,7 +231,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print()
         return 0
     info = result.info
-    mode = f" + MRdIB ({cfg.ablation}{', replace' if cfg.replace else ''})" if cfg.mrdib else ''
+    o = cfg.mrdib
+    mode = f" + MRdIB ({o.ablation}{', replace' if o.replace else ''})" if o is not None else ''
     print(f"\n{cfg.model}{mode} on '{cfg.dataset}': {info['num_users']} users, "
           f"{info['num_items']} items, {info['num_train']} training interactions"
           + (', GENERATED features' if info['generated_features'] else ''))

@@ -1,6 +1,9 @@
-r"""Training configuration: one flat dataclass, loaded from YAML, overridden from the command
-line, and failing loudly on unknown keys (MMRec silently reads missing keys as None)."""
+r"""Training configuration: a dataclass of the run's options with the MRdIB plug-in's options
+in their own section (:class:`MRdIBOptions`, the ``mrdib:`` key), loaded from YAML,
+overridden from the command line, and failing loudly on unknown keys (MMRec silently reads
+missing keys as None)."""
 import collections.abc
+import copy
 import dataclasses
 import inspect
 import math
@@ -154,6 +157,98 @@ def _check_folder(path: str, name: str, purpose: str) -> None:
 
 
 @dataclass
+class MRdIBOptions:
+    r"""The MRdIB plug-in's options (mrdib-spec.md; every "our choice" setting is here): the
+    ``mrdib:`` section of a configuration. Flags keep their names (``--alpha1``,
+    ``--critic-steps``, ...); a flat ``alpha1: ...`` at the top level of an older file or
+    checkpoint is read into this section."""
+    alpha1: float = 0.005
+    alpha2: float = 0.05
+    alpha3: float = 0.005
+    latent_dim: int = 64
+    ablation: str = 'full'
+    replace: bool = False
+    encoder_hidden: Optional[int] = None   # None: one Linear per encoder
+    fusion_hidden: Optional[int] = None    # None: latent_dim
+    input_norm: str = 'scale'              # encoders' input: 'scale', 'layer' or 'none'
+    logvar_bound: Optional[float] = 6.0    # None: unbounded log-variance
+    redundant_floor: Optional[float] = 0.0  # None: encoders descend the plain DV bound
+    critic_hidden: int = 128
+    critic_lr: float = 1e-3
+    critic_steps: int = 1                  # critic steps per main step
+    critic_warmup: int = 0                 # batches before the DV term reaches the encoders
+    ema_decay: float = 0.99                # MINE's moving average
+    mi_probe_every: int = 0                # epochs between fresh-critic MI probes (0: off)
+
+    @classmethod
+    def field_names(cls):
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def validate(self) -> 'MRdIBOptions':
+        r"""Raise :class:`ValueError`, naming the option, for a wrong type or range."""
+        hints = typing.get_type_hints(type(self))
+        for name in self.field_names():
+            if not matches_type(getattr(self, name), hints[name]):
+                raise ValueError(f"{option_name(name)} expects {describe_type(hints[name])} "
+                                 f"(got {getattr(self, name)!r})")
+
+        def check(name: str, ok: bool, rule: str) -> None:
+            if not ok:
+                raise ValueError(f"{option_name(name)} must be {rule} "
+                                 f"(got {getattr(self, name)!r})")
+
+        for name in ('latent_dim', 'critic_hidden'):
+            check(name, getattr(self, name) >= 1, 'an integer >= 1')
+        for name in ('critic_steps', 'critic_warmup', 'mi_probe_every'):
+            check(name, getattr(self, name) >= 0, 'an integer >= 0')
+        for name in ('encoder_hidden', 'fusion_hidden'):
+            check(name, getattr(self, name) is None or getattr(self, name) >= 1,
+                  'an integer >= 1, or none')
+        check('critic_lr', math.isfinite(self.critic_lr) and self.critic_lr > 0,
+              'a finite number > 0')
+        for name in ('alpha1', 'alpha2', 'alpha3'):
+            check(name, math.isfinite(getattr(self, name)) and getattr(self, name) >= 0,
+                  'a finite number >= 0')
+        check('ema_decay', 0 <= self.ema_decay < 1, 'a number in [0, 1)')
+        check('logvar_bound', self.logvar_bound is None or self.logvar_bound > 0,
+              'a number > 0, or none')
+        check('redundant_floor', self.redundant_floor is None
+              or math.isfinite(self.redundant_floor), 'a finite number, or none')
+        for name in ('ablation', 'input_norm'):
+            check(name, getattr(self, name) in CHOICES[name],
+                  f"one of {', '.join(CHOICES[name])}")
+        return self
+
+
+#: The MRdIB options, as flat keys (flags, older files and checkpoints).
+MRDIB_KEYS = tuple(f.name for f in dataclasses.fields(MRdIBOptions))
+
+
+def mrdib_section(value: Any, current: Optional[MRdIBOptions], source: str
+                  ) -> Optional[MRdIBOptions]:
+    r"""The ``mrdib`` section from a YAML/flag value: :obj:`True` (default options, or the
+    current ones), :obj:`False`/:obj:`None` (off), a mapping of options, or
+    :class:`MRdIBOptions`."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return current if current is not None else MRdIBOptions()
+    if isinstance(value, MRdIBOptions):
+        return copy.deepcopy(value)
+    if isinstance(value, dict):
+        unknown = sorted(str(k) for k in set(value) - set(MRDIB_KEYS))
+        if unknown:
+            raise KeyError(f"Unknown MRdIB option(s) {unknown} in {source}; valid options: "
+                           f"{', '.join(MRDIB_KEYS)}")
+        opts = copy.deepcopy(current) if current is not None else MRdIBOptions()
+        for k, v in value.items():
+            setattr(opts, k, v)
+        return opts
+    raise ValueError(f"mrdib (--mrdib) in {source} expects true, false or a mapping of MRdIB "
+                     f"options (got {value!r})")
+
+
+@dataclass
 class TrainConfig:
     r"""Everything a run depends on; written verbatim into the results JSON.
 
@@ -182,25 +277,9 @@ class TrainConfig:
     topk: Tuple[int, ...] = (5, 10, 20, 50)
     eval_batch_size: int = 4096
     device: str = 'auto'
-    # MRdIB (mrdib-spec.md; "our choice" settings are all here)
-    mrdib: bool = False
-    alpha1: float = 0.005
-    alpha2: float = 0.05
-    alpha3: float = 0.005
-    latent_dim: int = 64
-    ablation: str = 'full'
-    replace: bool = False
-    encoder_hidden: Optional[int] = None   # None: one Linear per encoder
-    fusion_hidden: Optional[int] = None    # None: latent_dim
-    input_norm: str = 'scale'              # encoders' input: 'scale', 'layer' or 'none'
-    logvar_bound: Optional[float] = 6.0    # None: unbounded log-variance
-    redundant_floor: Optional[float] = 0.0  # None: encoders descend the plain DV bound
-    critic_hidden: int = 128
-    critic_lr: float = 1e-3
-    critic_steps: int = 1                  # critic steps per main step
-    critic_warmup: int = 0                 # batches before the DV term reaches the encoders
-    ema_decay: float = 0.99                # MINE's moving average
-    mi_probe_every: int = 0                # epochs between fresh-critic MI probes (0: off)
+    # plug-ins: MRdIB's section (None: bare backbone). YAML: ``mrdib: true`` or
+    # ``mrdib: {alpha1: 0.01, ...}``; flags: --mrdib --alpha1 0.01 ...
+    mrdib: Optional[MRdIBOptions] = None
     # output
     out_dir: Optional[str] = None
     progress: bool = True
@@ -223,12 +302,34 @@ class TrainConfig:
     def field_names(cls):
         return [f.name for f in dataclasses.fields(cls)]
 
+    def option(self, name: str) -> Any:
+        r"""The value of option :obj:`name`, a field or an MRdIB option (its default while
+        MRdIB is off)."""
+        if name in MRDIB_KEYS:
+            return getattr(self.mrdib if self.mrdib is not None else MRdIBOptions(), name)
+        return getattr(self, name)
+
     def update(self, values: Dict[str, Any], source: str = 'config') -> 'TrainConfig':
         r"""Set :obj:`values`, raising on unknown keys (naming :obj:`source`)."""
-        unknown = sorted(str(k) for k in set(values) - set(self.field_names()))
+        unknown = sorted(str(k) for k in set(values) - set(self.field_names())
+                         - set(MRDIB_KEYS))
         if unknown:
             raise KeyError(f"Unknown option(s) {unknown} in {source}; valid options: "
-                           f"{', '.join(self.field_names())}")
+                           f"{', '.join(self.field_names())} (MRdIB's under mrdib: "
+                           f"{', '.join(MRDIB_KEYS)})")
+        values = dict(values)
+        if 'mrdib' in values:
+            self.mrdib = mrdib_section(values.pop('mrdib'), self.mrdib, source)
+        flat = {k: values.pop(k) for k in MRDIB_KEYS if k in values}
+        if flat and self.mrdib is not None:
+            self.mrdib = mrdib_section(flat, self.mrdib, source)
+        elif flat:  # MRdIB is off: its options must be the defaults (older records hold them)
+            changed = {k: v for k, v in flat.items() if not _same_value(
+                v, getattr(MRdIBOptions(), k))}
+            if changed:
+                verb = 'matters' if len(changed) == 1 else 'matter'
+                raise ValueError(f"{', '.join(option_name(k) for k in changed)} (in {source}) "
+                                 f"only {verb} with MRdIB: add --mrdib (mrdib: true)")
         for key, value in values.items():
             if key == 'topk' and isinstance(value, (list, tuple)):
                 value = tuple(value)  # validate() checks the entries
@@ -243,6 +344,11 @@ class TrainConfig:
         or, worse, in silently wrong results). Returns :obj:`self`."""
         hints = typing.get_type_hints(type(self))
         for name in self.field_names():
+            if name == 'mrdib':
+                if self.mrdib is not None and not isinstance(self.mrdib, MRdIBOptions):
+                    raise ValueError(f'mrdib (--mrdib) expects MRdIB options (got '
+                                     f'{self.mrdib!r})')
+                continue
             value = getattr(self, name)
             if not matches_type(value, hints[name]):
                 raise ValueError(f"{option_name(name)} expects {describe_type(hints[name])} "
@@ -253,28 +359,17 @@ class TrainConfig:
                 raise ValueError(f"{option_name(name)} must be {rule} "
                                  f"(got {getattr(self, name)!r})")
 
-        for name in ('epochs', 'batch_size', 'eval_batch_size', 'latent_dim', 'critic_hidden',
-                     'lr_decay_step'):
+        for name in ('epochs', 'batch_size', 'eval_batch_size', 'lr_decay_step'):
             check(name, getattr(self, name) >= 1, 'an integer >= 1')
-        for name in ('patience', 'critic_steps', 'critic_warmup', 'mi_probe_every'):
-            check(name, getattr(self, name) >= 0, 'an integer >= 0')
-        for name in ('encoder_hidden', 'fusion_hidden'):
-            check(name, getattr(self, name) is None or getattr(self, name) >= 1,
-                  'an integer >= 1, or none')
-        for name in ('lr', 'critic_lr', 'lr_decay'):
+        check('patience', self.patience >= 0, 'an integer >= 0')
+        for name in ('lr', 'lr_decay'):
             check(name, math.isfinite(getattr(self, name)) and getattr(self, name) > 0,
                   'a finite number > 0')
-        for name in ('weight_decay', 'alpha1', 'alpha2', 'alpha3'):
-            check(name, math.isfinite(getattr(self, name)) and getattr(self, name) >= 0,
-                  'a finite number >= 0')
+        check('weight_decay', math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+              'a finite number >= 0')
         check('seed', 0 <= self.seed < 2 ** 32, 'an integer in [0, 2**32)')
-        check('ema_decay', 0 <= self.ema_decay < 1, 'a number in [0, 1)')
-        check('logvar_bound', self.logvar_bound is None or self.logvar_bound > 0,
-              'a number > 0, or none')
-        check('redundant_floor', self.redundant_floor is None
-              or math.isfinite(self.redundant_floor), 'a finite number, or none')
-        for name, choices in CHOICES.items():
-            check(name, getattr(self, name) in choices, f"one of {', '.join(choices)}")
+        check('fill_missing', self.fill_missing in CHOICES['fill_missing'],
+              f"one of {', '.join(CHOICES['fill_missing'])}")
         for name in ('dataset', 'model', 'device'):
             check(name, bool(getattr(self, name).strip()), 'a non-empty name')
         check('topk', len(self.topk) > 0 and min(self.topk) >= 1,
@@ -284,8 +379,8 @@ class TrainConfig:
               and int(k) in self.topk,
               f"METRIC@K with METRIC one of {', '.join(VALID_METRICS)} and K one of topk "
               f"{' '.join(map(str, self.topk))}, e.g. Recall@{20 if 20 in self.topk else self.topk[0]}")
-        if self.replace and not self.mrdib:
-            raise ValueError(f"{option_name('replace')} needs mrdib=True (--mrdib)")
+        if self.mrdib is not None:
+            self.mrdib.validate()
         return self
 
     def check_paths(self) -> None:
@@ -334,6 +429,10 @@ class TrainConfig:
         return cls().update(cls.read_yaml(path), source=path)
 
     def to_dict(self) -> Dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = dataclasses.asdict(self)  # the mrdib section becomes a mapping (or None)
         d['topk'] = list(self.topk)
         return d
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    return type(a) in (int, float) and type(b) in (int, float) and a == b or a == b

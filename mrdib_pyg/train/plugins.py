@@ -196,8 +196,10 @@ class MRdIBPlugin(TrainingPlugin):
 
 def mrdib_plugin_options(cfg) -> Dict[str, Any]:
     r"""The :class:`MRdIBPlugin` options of a :class:`~mrdib_pyg.train.config.TrainConfig`."""
-    return dict(critic_lr=cfg.critic_lr, critic_steps=cfg.critic_steps,
-                critic_warmup=cfg.critic_warmup, mi_probe_every=cfg.mi_probe_every,
+    from mrdib_pyg.train.config import MRdIBOptions
+    o = cfg.mrdib if getattr(cfg, 'mrdib', None) is not None else MRdIBOptions()
+    return dict(critic_lr=o.critic_lr, critic_steps=o.critic_steps,
+                critic_warmup=o.critic_warmup, mi_probe_every=o.mi_probe_every,
                 seed=cfg.seed)
 
 

@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from mrdib_pyg.data.cache import atomic_write
-from mrdib_pyg.train.config import TrainConfig, parse_value
+from mrdib_pyg.train.config import MRdIBOptions, TrainConfig, parse_value
 
 PAPER_GRID = [1e-4, 1e-3, 5e-3, 1e-2, 5e-2]
 METHODS = ('coordinate', 'halving')
@@ -114,7 +114,8 @@ def check_space(space: Dict[str, List[Any]], base: TrainConfig) -> Dict[str, Lis
     """
     if not space:
         raise ValueError('the search space is empty')
-    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    types = {f.name: f.type for f in dataclasses.fields(TrainConfig) if f.name != 'mrdib'}
+    types.update({f.name: f.type for f in dataclasses.fields(MRdIBOptions)})  # --alpha1 ...
     clean = {}
     for name, grid in space.items():
         if not isinstance(grid, (list, tuple)) or not grid:
@@ -130,7 +131,7 @@ def check_space(space: Dict[str, List[Any]], base: TrainConfig) -> Dict[str, Lis
                              f"(seeds: --seeds; epochs: the budget)")
         floats = types[name] in (float, Optional[float])
         clean[name] = [float(v) if floats and type(v) is int else v for v in grid]
-    if (not base.mrdib and 'mrdib' not in clean
+    if (base.mrdib is None and 'mrdib' not in clean
             and any(a in clean for a in ('alpha1', 'alpha2', 'alpha3'))):
         raise ValueError('the alphas only matter with MRdIB: add --mrdib')
     for name, grid in clean.items():
@@ -371,7 +372,7 @@ def _coordinate(s: _Search, rounds: int) -> Dict[str, Any]:
         if name.startswith('model_args.'):
             best[name] = s.base.model_args.get(name[len('model_args.'):], grid[0])
         else:
-            best[name] = getattr(s.base, name)
+            best[name] = s.base.option(name)
     best_score = s.evaluate(best, full, 'start')
     for r in range(1, rounds + 1):
         start = dict(best)
@@ -437,9 +438,9 @@ def search(base_cfg: TrainConfig, space: Optional[Dict[str, List[Any]]] = None,
         log(f'out_dir {base.out_dir} is ignored: the runs of a search write only to {out_dir}')
     if space is None:
         space = default_space()
-        if not base.mrdib:
+        if base.mrdib is None:
             log('default space: the MRdIB weights alpha1-3; MRdIB turned on')
-            base.mrdib = True
+            base.mrdib = MRdIBOptions()
     space = check_space(space, base)
     seeds = [int(x) for x in (seeds if seeds else [base.seed])]
     if method not in METHODS:

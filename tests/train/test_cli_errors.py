@@ -9,7 +9,7 @@ import pytest
 
 from mrdib_pyg.train import build
 from mrdib_pyg.train.cli import main
-from mrdib_pyg.train.config import TrainConfig
+from mrdib_pyg.train.config import MRDIB_KEYS, MRdIBOptions, TrainConfig
 
 TINY = ['--dataset-arg', 'num_users=60', '--dataset-arg', 'num_items=40',
         '--dataset-arg', 'image_dim=8', '--dataset-arg', 'text_dim=4',
@@ -66,15 +66,15 @@ def test_out_of_range_options_fail_before_any_data_is_loaded(capsys, no_data, ar
     ('model_args', [1]), ('valid_metric', 'Recall2@20'),
 ])
 def test_validate_names_the_option_and_its_value(field, value):
-    c = TrainConfig()
-    setattr(c, field, value)
+    c = TrainConfig(mrdib=MRdIBOptions())
+    setattr(c.mrdib if field in MRDIB_KEYS else c, field, value)
     with pytest.raises(ValueError, match=rf"^{field} \(--"):
         c.validate()
 
 
 def test_validate_accepts_the_defaults_and_none_where_allowed():
     assert TrainConfig().validate() == TrainConfig()
-    TrainConfig().update(dict(encoder_hidden=None, fusion_hidden=None, logvar_bound=None,
+    TrainConfig().update(dict(mrdib=True, encoder_hidden=None, fusion_hidden=None, logvar_bound=None,
                               redundant_floor=None, patience=0, critic_steps=0,
                               ema_decay=0.0, topk=[5], valid_metric='MAP@5')).validate()
 

@@ -121,7 +121,7 @@ def test_ablations_run_through_the_trainer(data, ablation):
 def test_replace_mode_puts_encoder_means_in_the_prediction_path(data):
     result = run(cfg(model='vbpr', replace=True, latent_dim=64), data=data)
     assert result.test_at_best
-    with pytest.raises(ValueError, match='needs mrdib'):
+    with pytest.raises(ValueError, match='only matters with MRdIB'):
         run(cfg(model='vbpr', mrdib=False, replace=True), data=data)
 
 

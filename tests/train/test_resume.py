@@ -125,7 +125,7 @@ def test_checkpoint_holds_the_whole_state(tmp_path, data):
     assert 'critic_optimizer' in state['plugins']['mrdib'] and state['plugins']['mrdib']['step']
     assert state['optimizer']['state'] and state['sampler']['generator'].dtype == torch.uint8
     assert set(state['rng']) >= {'python', 'numpy', 'torch'}
-    assert state['config']['mrdib'] is True and state['info']['num_users'] == 80
+    assert state['config']['mrdib']['alpha1'] == 0.005 and state['info']['num_users'] == 80
     assert not [f for f in os.listdir(tmp_path) if f.endswith('.tmp')]  # atomic writes
 
 

@@ -26,7 +26,7 @@ def base_cfg(**kw):
 
 def fake_valid(cfg):
     r"""Validation Recall@20 peaking at TARGET, separable in the alphas."""
-    return 0.5 - sum(abs(math.log10(getattr(cfg, a) / TARGET[a])) for a in ALPHAS) / 10
+    return 0.5 - sum(abs(math.log10(getattr(cfg.mrdib, a) / TARGET[a])) for a in ALPHAS) / 10
 
 
 class FakeRun:
@@ -38,9 +38,9 @@ class FakeRun:
     def __call__(self, cfg, data=None):
         if self.fail_after is not None and len(self.calls) >= self.fail_after:
             raise RuntimeError('interrupted')
-        self.calls.append(({a: getattr(cfg, a) for a in ALPHAS}, cfg.epochs, cfg.seed))
+        self.calls.append(({a: getattr(cfg.mrdib, a) for a in ALPHAS}, cfg.epochs, cfg.seed))
         v = self.valid(cfg)
-        best = all(getattr(cfg, a) == TARGET[a] for a in ALPHAS)
+        best = all(getattr(cfg.mrdib, a) == TARGET[a] for a in ALPHAS)
         t = SELECTED_TEST if best else SENTINEL
         return TrainResult(cfg.to_dict(), cfg.epochs - 1, {'Recall@20': v, 'NDCG@20': v / 2},
                            {'Recall@20': t, 'NDCG@20': t})
@@ -81,8 +81,8 @@ def test_ties_go_to_the_first_value_in_grid_order(tmp_path, monkeypatch):
 
 def test_halving_keeps_top_third_per_rung_and_multiplies_the_budget(tmp_path, monkeypatch):
     def valid(cfg):  # the ranking changes with the budget
-        return fake_valid(cfg) + 0.05 * math.sin(1e3 * cfg.alpha1 * cfg.alpha2 + cfg.epochs
-                                                 + 7 * cfg.alpha3)
+        return fake_valid(cfg) + 0.05 * math.sin(1e3 * cfg.mrdib.alpha1 * cfg.mrdib.alpha2 + cfg.epochs
+                                                 + 7 * cfg.mrdib.alpha3)
     f = FakeRun(valid=valid)
     monkeypatch.setattr(build, 'run', f)
     space = {a: [1e-3, 1e-2, 5e-2] for a in ALPHAS}

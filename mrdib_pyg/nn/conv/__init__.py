@@ -1,5 +1,8 @@
 r"""Reusable propagation layers; each works on its own inside a custom recommender."""
 from mrdib_pyg.nn.conv.sparse_op import SparseOperator, has_torch_sparse
 from mrdib_pyg.nn.conv.lg_propagation import LGPropagation
+from mrdib_pyg.nn.conv.modality_purifier import ModalityPurifier
+from mrdib_pyg.nn.conv.attention_fuser import AttentionFuser
 
-__all__ = ['SparseOperator', 'LGPropagation', 'has_torch_sparse']
+__all__ = ['SparseOperator', 'LGPropagation', 'ModalityPurifier', 'AttentionFuser',
+           'has_torch_sparse']

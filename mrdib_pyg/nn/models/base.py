@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torch_geometric.data import HeteroData
 
 from mrdib_pyg.data.sampling import BPRBatch
-from mrdib_pyg.data.derived import GraphSpec, build_graphs
+from mrdib_pyg.data.derived import build_graphs
 from mrdib_pyg.data.schema import ITEM, USER, item_features, modality_names
 from mrdib_pyg.nn.loss import bpr_loss
 from mrdib_pyg.nn.output import RecOutput
@@ -50,10 +50,12 @@ class Recommender(nn.Module):
 
     # -- construction -----------------------------------------------------------------
     @classmethod
-    def graph_specs(cls, **kwargs) -> Dict[str, GraphSpec]:
+    def graph_specs(cls, modalities: Sequence[str] = (), **kwargs) -> Dict[str, Any]:
         r"""The derived graphs this backbone needs, keyed by the constructor argument that
-        receives each, for the constructor arguments :obj:`kwargs` (e.g. :obj:`knn_k`).
-        None by default."""
+        receives each, given the dataset's :obj:`modalities` and the constructor arguments
+        :obj:`kwargs` (e.g. :obj:`knn_k`). A value is a
+        :class:`~mrdib_pyg.data.derived.GraphSpec`, or a dict of them (e.g. one per
+        modality), which the argument then receives as a dict of graphs. None by default."""
         return {}
 
     @classmethod
@@ -67,8 +69,9 @@ class Recommender(nn.Module):
     @classmethod
     def _graphs(cls, data: HeteroData, cache_dir: Optional[str], fill: str,
                 kwargs: Dict[str, Any]) -> Dict[str, Tensor]:
-        specs = {k: s for k, s in cls.graph_specs(**kwargs).items() if k not in kwargs}
-        return build_graphs(data, specs, cache_dir, fill)
+        specs = cls.graph_specs(modalities=modality_names(data), **kwargs)
+        return build_graphs(data, {k: s for k, s in specs.items() if k not in kwargs},
+                            cache_dir, fill)
 
     # -- training ---------------------------------------------------------------------
     def forward(self) -> RecOutput:  # pragma: no cover - abstract

@@ -1,0 +1,204 @@
+r"""Side by side with MMRec's own code, on the same MMRec-format folder, in the same run.
+
+For each backbone, with ONE hyper-parameter set (MMRec's first grid value, listed in
+:data:`SETTINGS` and written into the JSON):
+
+* ``--mode speed``: ours and MMRec's trained for ``--epochs`` epochs each, alternating
+  (ours, MMRec, ours, MMRec ... ``--repeats`` times), each in a fresh process pinned to
+  ``--threads`` threads; median seconds per training epoch and per evaluation pass
+  (one validation pass over all users), their ratio, and each process's peak resident
+  memory (``/usr/bin/time``'s maximum RSS, imports included);
+* ``--mode accuracy``: both trained to early stopping (patience 20 on validation
+  Recall@20) within ``--max-epochs``, for each of ``--seeds``; test Recall@20 / NDCG@20 at
+  the best validation epoch, and the relative difference of the means.
+
+MMRec runs from a copy built by ``../shared/tools/mmrec/setup.sh`` (default
+``/tmp/mmrec/src`` with the venv ``/tmp/mmvenv``), through that folder's ``fit.py`` and
+``time_epochs.py``; ours through ``python -m mrdib_pyg.train`` on the same folder read as
+``AmazonMM(root, name)``.
+
+    python ../shared/tools/mmrec/make_baby_mmrec_format.py ../shared/data/amazon-baby \
+        /tmp/mm/baby/raw --seed 0
+    bash ../shared/tools/mmrec/setup.sh MMREC_GIT_DIR /tmp/mm/baby/raw
+    python benchmarks/bench_mmrec.py --mode speed --models lightgcn vbpr freedom mgcn mmgcn
+    python benchmarks/bench_mmrec.py --mode accuracy --models freedom --max-epochs 40
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+TOOLS = REPO.parent / 'shared' / 'tools' / 'mmrec'
+
+#: ours: (model name, --model-arg pairs, extra flags); MMRec: (model, key=value pairs).
+#: One hyper-parameter set per model: MMRec's first grid value (LightGCN/VBPR: design.md's
+#: defaults, which are in MMRec's grids).
+SETTINGS = {
+    'lightgcn': (('lightgcn', ['num_layers=2', 'reg_weight=0.0001'], []),
+                 ('LightGCN', ['n_layers=2', 'reg_weight=0.0001'])),
+    'vbpr': (('vbpr', ['reg_weight=0.001'], []), ('VBPR', ['reg_weight=0.001'])),
+    'freedom': (('freedom', ['dropout=0.8', 'reg_weight=0.0'], []),
+                ('FREEDOM', ['dropout=0.8', 'reg_weight=0.0'])),
+    'mgcn': (('mgcn', ['cl_loss=0.001'], []), ('MGCN', ['cl_loss=0.001'])),
+    'mmgcn': (('mmgcn', ['reg_weight=0.0'], ['--lr', '0.0001']),
+              ('MMGCN', ['reg_weight=0', 'learning_rate=0.0001'])),
+}
+
+
+def timed(cmd, cwd, env):
+    r"""Run :obj:`cmd`; returns (stdout, wall seconds, peak RSS in MiB)."""
+    with tempfile.NamedTemporaryFile('r', suffix='.rss') as f:
+        t0 = time.perf_counter()
+        proc = subprocess.run(['/usr/bin/time', '-f', '%M', '-o', f.name] + cmd, cwd=cwd,
+                              env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+        rss = int(f.read().strip().splitlines()[-1]) / 1024
+    return proc.stdout, wall, rss
+
+
+def env_for(threads, pythonpath=None):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if pythonpath:
+        env['PYTHONPATH'] = pythonpath
+    return env
+
+
+def ours(args, model, epochs, seed, patience, out_dir):
+    name, margs, flags = SETTINGS[model][0]
+    cmd = [sys.executable, '-m', 'mrdib_pyg.train', '--dataset', args.name, '--root',
+           args.root, '--model', name, '--epochs', str(epochs), '--patience', str(patience),
+           '--seed', str(seed), '--out-dir', out_dir, '--no-progress', '--device', 'cpu']
+    cmd += [x for kv in margs for x in ('--model-arg', kv)] + flags
+    _, wall, rss = timed(cmd, str(REPO), env_for(args.threads))
+    with open(os.path.join(out_dir, 'results.json')) as f:
+        res = json.load(f)
+    hist = res['history']
+    return {'train_s': [h['train_seconds'] for h in hist],
+            'eval_s': [h['eval_seconds'] for h in hist],
+            'best_epoch': res['best_epoch'], 'epochs_run': len(hist),
+            'test': {k: res['test_at_best'][k] for k in ('Recall@20', 'NDCG@20')},
+            'valid': {k: res['best_valid'][k] for k in ('Recall@20', 'NDCG@20')},
+            'wall_s': wall, 'peak_rss_mib': rss}
+
+
+def mmrec(args, model, epochs, seed, accuracy):
+    name, kvs = SETTINGS[model][1]
+    py = args.mmrec_python
+    if accuracy:
+        cmd = [py, str(TOOLS / 'fit.py'), name, args.mmrec_dataset, f'epochs={epochs}',
+               f'seed_value={seed}'] + kvs
+    else:
+        cmd = [py, str(TOOLS / 'time_epochs.py'), name, args.mmrec_dataset, str(epochs),
+               f'seed_value={seed}'] + kvs
+    out, wall, rss = timed(cmd, args.mmrec_src, env_for(args.threads, '.'))
+    res = json.loads(out.strip().splitlines()[-1])
+    res.update(wall_s=wall, peak_rss_mib=rss)
+    return res
+
+
+def med(xs):
+    return statistics.median(xs) if xs else float('nan')
+
+
+def speed(args):
+    rows = []
+    for model in args.models:
+        o_train, o_eval, m_train, m_eval, o_rss, m_rss = [], [], [], [], [], []
+        for r in range(args.repeats):
+            with tempfile.TemporaryDirectory() as d:
+                o = ours(args, model, args.epochs, 999, 10 ** 6, d)
+            o_train += o['train_s']
+            o_eval += o['eval_s']
+            o_rss.append(o['peak_rss_mib'])
+            m = mmrec(args, model, args.epochs, 999, accuracy=False)
+            m_train += m['train_s']
+            m_eval += m['eval_s']
+            m_rss.append(m['peak_rss_mib'])
+            print(f'{model} repeat {r}: ours train {med(o["train_s"]):.2f}s eval '
+                  f'{med(o["eval_s"]):.2f}s | MMRec train {med(m["train_s"]):.2f}s eval '
+                  f'{med(m["eval_s"]):.2f}s', flush=True)
+        rows.append({'model': model, 'settings': SETTINGS[model],
+                     'ours_train_s': med(o_train), 'mmrec_train_s': med(m_train),
+                     'train_ratio': med(o_train) / med(m_train),
+                     'ours_eval_s': med(o_eval), 'mmrec_eval_s': med(m_eval),
+                     'eval_ratio': med(o_eval) / med(m_eval),
+                     'ours_peak_rss_mib': max(o_rss), 'mmrec_peak_rss_mib': max(m_rss),
+                     'samples': {'ours_train': o_train, 'mmrec_train': m_train,
+                                 'ours_eval': o_eval, 'mmrec_eval': m_eval}})
+    header = ('model', 'ours s/epoch', 'MMRec s/epoch', 'ratio', 'ours s/eval',
+              'MMRec s/eval', 'ratio', 'ours MiB', 'MMRec MiB')
+    print('| ' + ' | '.join(header) + ' |\n|' + '---|' * len(header))
+    for r in rows:
+        print(f"| {r['model']} | {r['ours_train_s']:.2f} | {r['mmrec_train_s']:.2f} | "
+              f"{r['train_ratio']:.2f} | {r['ours_eval_s']:.2f} | {r['mmrec_eval_s']:.2f} | "
+              f"{r['eval_ratio']:.2f} | {r['ours_peak_rss_mib']:.0f} | "
+              f"{r['mmrec_peak_rss_mib']:.0f} |")
+    return rows
+
+
+def accuracy(args):
+    rows = []
+    for model in args.models:
+        for seed in args.seeds:
+            with tempfile.TemporaryDirectory() as d:
+                o = ours(args, model, args.max_epochs, seed, 20, d)
+            m = mmrec(args, model, args.max_epochs, seed, accuracy=True)
+            row = {'model': model, 'seed': seed, 'settings': SETTINGS[model],
+                   'max_epochs': args.max_epochs,
+                   'ours_test_R20': o['test']['Recall@20'], 'ours_test_N20': o['test']['NDCG@20'],
+                   'ours_best_epoch': o['best_epoch'], 'ours_epochs_run': o['epochs_run'],
+                   'mmrec_test_R20': m['test']['recall@20'], 'mmrec_test_N20': m['test']['ndcg@20'],
+                   'mmrec_stop_counter': m.get('stop_counter'),
+                   'ours_wall_s': o['wall_s'], 'mmrec_wall_s': m['wall_s']}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print('| model | seed | ours R@20 | MMRec R@20 | rel. diff | ours N@20 | MMRec N@20 |')
+    print('|---|---|---|---|---|---|---|')
+    for r in rows:
+        rel = (r['ours_test_R20'] - r['mmrec_test_R20']) / r['mmrec_test_R20']
+        print(f"| {r['model']} | {r['seed']} | {r['ours_test_R20']:.4f} | "
+              f"{r['mmrec_test_R20']:.4f} | {rel:+.1%} | {r['ours_test_N20']:.4f} | "
+              f"{r['mmrec_test_N20']:.4f} |")
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--mode', choices=('speed', 'accuracy'), default='speed')
+    p.add_argument('--models', nargs='+', default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument('--root', default='/tmp/mm', help='our AmazonMM root (ROOT/NAME/raw)')
+    p.add_argument('--name', default='baby')
+    p.add_argument('--mmrec-src', default='/tmp/mmrec/src')
+    p.add_argument('--mmrec-python', default='/tmp/mmvenv/bin/python')
+    p.add_argument('--mmrec-dataset', default='baby')
+    p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--epochs', type=int, default=3, help='speed: epochs per process')
+    p.add_argument('--repeats', type=int, default=2, help='speed: alternations')
+    p.add_argument('--max-epochs', type=int, default=1000, help='accuracy: epoch cap')
+    p.add_argument('--seeds', type=int, nargs='+', default=[999])
+    p.add_argument('--out', default=None)
+    args = p.parse_args()
+    if not Path(args.mmrec_src).is_dir() or not (TOOLS / 'fit.py').exists():
+        print(f'skipped: no MMRec copy at {args.mmrec_src} (see the docstring)')
+        return
+    rows = speed(args) if args.mode == 'speed' else accuracy(args)
+    sys.path.insert(0, str(HERE))
+    from common import machine, write_json
+    out = args.out or f'mmrec_{args.mode}.json'
+    write_json(out, {'mode': args.mode, 'machine': machine(), 'args': vars(args),
+                     'folder': os.path.join(args.root, args.name, 'raw'),
+                     'features': 'generated (make_baby_mmrec_format.py --seed 0)',
+                     'rows': rows})
+
+
+if __name__ == '__main__':
+    main()
