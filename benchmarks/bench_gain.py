@@ -64,7 +64,8 @@ def one_run(dataset, data, backbone, variant, seed, alphas, args) -> dict:
                     root=args.baby_root or str(REPO / 'datasets'))
     if variant != 'bare':
         opts.update(alphas)
-    result = run(TrainConfig().update(opts), data=data).to_dict()
+    # The backbone's MMRec training defaults (e.g. MGCN's lr decay), then this table's options.
+    result = run(TrainConfig.preset(backbone, 'synthetic').update(opts), data=data).to_dict()
     print(f'{dataset}/{backbone}/{variant}/s{seed}: best epoch {result["best_epoch"]}, '
           f'test R@20 {result["test_at_best"]["Recall@20"]:.4f}', flush=True)
     return result

@@ -48,7 +48,8 @@ def _normalise(edge_index: Tensor, weight: Tensor, n: int, norm: str) -> Tensor:
         return sym_norm_adj(edge_index, weight, n)
     if norm == 'row':
         return row_norm_adj(edge_index, weight, n)
-    coo = torch.sparse_coo_tensor(edge_index, weight.float(), (n, n)).coalesce()
+    coo = torch.sparse_coo_tensor(edge_index, weight.float(), (n, n),
+                                  check_invariants=False).coalesce()
     return coo.to_sparse_csr()
 
 
@@ -60,7 +61,8 @@ def _parts(adj: Tensor) -> Tuple[Tensor, Tensor, Tuple[int, int]]:
 
 def csr_from_parts(indices: Tensor, values: Tensor, shape) -> Tensor:
     r"""A CSR matrix from COO :obj:`indices`/:obj:`values` (how graphs are cached)."""
-    return torch.sparse_coo_tensor(indices, values, tuple(shape)).coalesce().to_sparse_csr()
+    return torch.sparse_coo_tensor(indices, values, tuple(shape),
+                                   check_invariants=False).coalesce().to_sparse_csr()
 
 
 class GraphSpec:

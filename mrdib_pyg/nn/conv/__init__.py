@@ -3,6 +3,8 @@ from mrdib_pyg.nn.conv.sparse_op import SparseOperator, has_torch_sparse
 from mrdib_pyg.nn.conv.lg_propagation import LGPropagation
 from mrdib_pyg.nn.conv.modality_purifier import ModalityPurifier
 from mrdib_pyg.nn.conv.attention_fuser import AttentionFuser
+from mrdib_pyg.nn.conv.mmgcn_conv import MMGCNConv, MMGCNEncoder, bipartite_blocks
 
 __all__ = ['SparseOperator', 'LGPropagation', 'ModalityPurifier', 'AttentionFuser',
+           'MMGCNConv', 'MMGCNEncoder', 'bipartite_blocks',
            'has_torch_sparse']
