@@ -1,10 +1,13 @@
 r"""Reusable propagation layers; each works on its own inside a custom recommender."""
 from mrdib_pyg.nn.conv.sparse_op import SparseOperator, has_torch_sparse
 from mrdib_pyg.nn.conv.lg_propagation import LGPropagation
+from mrdib_pyg.nn.conv.edge_pruning import (DegreeSensitiveEdgePruning, bipartite_degree_weights,
+                                             bipartite_sym_norm)
 from mrdib_pyg.nn.conv.modality_purifier import ModalityPurifier
 from mrdib_pyg.nn.conv.attention_fuser import AttentionFuser
 from mrdib_pyg.nn.conv.mmgcn_conv import MMGCNConv, MMGCNEncoder, bipartite_blocks
 
 __all__ = ['SparseOperator', 'LGPropagation', 'ModalityPurifier', 'AttentionFuser',
-           'MMGCNConv', 'MMGCNEncoder', 'bipartite_blocks',
+           'MMGCNConv', 'MMGCNEncoder', 'bipartite_blocks', 'DegreeSensitiveEdgePruning',
+           'bipartite_degree_weights', 'bipartite_sym_norm',
            'has_torch_sparse']

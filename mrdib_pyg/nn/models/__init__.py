@@ -7,8 +7,9 @@ from mrdib_pyg.nn.models.registry import MODELS, describe_models, model_defaults
 from mrdib_pyg.nn.models.bpr_mf import BPRMF
 from mrdib_pyg.nn.models.lightgcn import LightGCN
 from mrdib_pyg.nn.models.vbpr import VBPR
+from mrdib_pyg.nn.models.freedom import FREEDOM
 from mrdib_pyg.nn.models.mgcn import MGCN
 from mrdib_pyg.nn.models.mmgcn import MMGCN
 
-__all__ = ['Recommender', 'MultimodalRecommender', 'BPRMF', 'LightGCN', 'VBPR', 'MGCN', 'MMGCN', 'MODELS',
+__all__ = ['Recommender', 'MultimodalRecommender', 'BPRMF', 'LightGCN', 'VBPR', 'FREEDOM', 'MGCN', 'MMGCN', 'MODELS',
            'register_model', 'model_defaults', 'describe_models', 'mmrec_modality_order']
