@@ -161,3 +161,29 @@ def test_generated_features_are_flagged_by_their_source_not_the_dataset_name(dat
     with pytest.warns(UserWarning, match='GENERATED'):
         result = run(cfg(model='vbpr', epochs=1), data=real_like)
     assert result.info['generated_features'] is True
+
+
+def test_lr_decays_as_mmrec_lambda_lr():
+    r"""MMRec's LambdaLR: lr * decay ** (epoch / step), stepped after every epoch."""
+    from mrdib_pyg.data import SyntheticMM
+    data = SyntheticMM(num_users=30, num_items=20, interactions_per_user=(3, 6), seed=0)[0]
+    cfg = TrainConfig().update(dict(model='bprmf', epochs=3, patience=5, progress=False,
+                                    lr=0.1, lr_decay=0.5, lr_decay_step=2, batch_size=64))
+    trainer = Trainer(build_model(cfg, data), data, cfg)
+    trainer.fit()
+    assert trainer.optimizer.param_groups[0]['lr'] == pytest.approx(0.1 * 0.5 ** (3 / 2))
+
+
+def test_model_presets_sit_under_dataset_presets_config_and_flags(tmp_path):
+    from mrdib_pyg.train.cli import config_from_args
+    cfg, _ = config_from_args(['--model', 'mgcn', '--dataset', 'baby'])
+    assert (cfg.lr_decay, cfg.lr_decay_step, cfg.lr) == (0.96, 50, 1e-3)  # MGCN.yaml
+    cfg, _ = config_from_args(['--model', 'mgcn', '--dataset', 'baby', '--lr-decay', '1'])
+    assert cfg.lr_decay == 1.0
+    cfg, _ = config_from_args(['--model', 'mmgcn', '--dataset', 'baby'])
+    assert cfg.lr == 1e-4  # MMGCN's first grid value
+    cfg, _ = config_from_args(['--model', 'mmgcn'])  # the synthetic preset comes later
+    assert cfg.lr == 5e-3
+    (tmp_path / 'c.yaml').write_text('model: mmgcn\nlr: 0.002\n')
+    cfg, _ = config_from_args(['--config', str(tmp_path / 'c.yaml'), '--dataset', 'baby'])
+    assert cfg.lr == 0.002
