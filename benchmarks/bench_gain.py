@@ -62,6 +62,8 @@ def one_run(dataset, data, backbone, variant, seed, alphas, args) -> dict:
     if dataset == 'baby':  # the data object is passed in; the record names what it is
         opts.update(dataset='baby' if args.baby_root else 'baby-shared',
                     root=args.baby_root or str(REPO / 'datasets'))
+    if args.epochs:
+        opts['epochs'] = args.epochs
     if variant != 'bare':
         opts.update(alphas)
     # The backbone's MMRec training defaults (e.g. MGCN's lr decay), then this table's options.
@@ -88,6 +90,8 @@ def main():
     p.add_argument('--runs-dir', default=str(REPO / 'benchmarks' / '.runs' / 'gain'))
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--device', default='cpu')
+    p.add_argument('--epochs', type=int, default=None,
+                   help="cap on epochs per run (default: the dataset's, 100)")
     p.add_argument('--out', default='gain.json')
     args = p.parse_args()
     torch.set_num_threads(args.threads)

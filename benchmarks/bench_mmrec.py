@@ -77,6 +77,8 @@ def ours(args, model, epochs, seed, patience, out_dir):
     cmd = [sys.executable, '-m', 'mrdib_pyg.train', '--dataset', args.name, '--root',
            args.root, '--model', name, '--epochs', str(epochs), '--patience', str(patience),
            '--seed', str(seed), '--out-dir', out_dir, '--no-progress', '--device', 'cpu']
+    if args.backend and model != 'vbpr':  # VBPR propagates nothing
+        margs = margs + [f'backend={args.backend}']
     cmd += [x for kv in margs for x in ('--model-arg', kv)] + flags
     _, wall, rss = timed(cmd, str(REPO), env_for(args.threads))
     with open(os.path.join(out_dir, 'results.json')) as f:
@@ -185,6 +187,8 @@ def main():
     p.add_argument('--repeats', type=int, default=2, help='speed: alternations')
     p.add_argument('--max-epochs', type=int, default=1000, help='accuracy: epoch cap')
     p.add_argument('--seeds', type=int, nargs='+', default=[999])
+    p.add_argument('--backend', default=None, choices=('csr', 'torch_sparse', 'coo'),
+                   help="our sparse backend (default: the models' own, csr)")
     p.add_argument('--out', default=None)
     args = p.parse_args()
     if not Path(args.mmrec_src).is_dir() or not (TOOLS / 'fit.py').exists():

@@ -227,6 +227,13 @@ class MRdIB(nn.Module):
         \mathcal{L}_{MRdIB} = \mathcal{L}_{MIB}
         + \alpha_2 \sum_{a<b} \max\big(\hat{I}^{ab}_{DV}, \phi\big) + \alpha_3 \mathcal{L}_U .
 
+    **User side** (:obj:`user_grad`, ours): by default the heads' gradient reaches the
+    backbone's user tables, as in the paper. :obj:`user_grad=False` detaches them, so MRdIB
+    shapes only the item-side modality representations: a remedy for backbones whose
+    modality items pair with the same user table the backbone ranks with (FREEDOM, MGCN),
+    where the heads otherwise pull that table towards the noisy modality predictions (see
+    ``docs/results.md``).
+
     The floor :math:`\phi` (:obj:`redundant_floor`, default 0) is ours: the mutual information
     is :math:`\ge 0`, so a DV value below zero only says the critic is momentarily behind;
     the plain bound is unbounded below in the encoders' direction, and encoders that descend
@@ -308,7 +315,8 @@ class MRdIB(nn.Module):
                  use_mib: bool = True, use_redundant: bool = True, use_unique: bool = True,
                  encoder_hidden: Optional[int] = None, input_norm: str = 'scale',
                  logvar_bound: Optional[float] = 6.0, redundant_floor: Optional[float] = 0.0,
-                 sample_without_kl: bool = False, critic_max_weight: float = 10.0):
+                 sample_without_kl: bool = False, critic_max_weight: float = 10.0,
+                 user_grad: bool = True):
         super().__init__()
         name = self.__class__.__name__
         self.modalities: List[str] = list(modality_dims)
@@ -340,6 +348,7 @@ class MRdIB(nn.Module):
         self.use_mib, self.use_redundant, self.use_unique = use_mib, use_redundant, use_unique
         self.redundant_floor = None if redundant_floor is None else float(redundant_floor)
         self.sample_without_kl = bool(sample_without_kl)
+        self.user_grad = bool(user_grad)
         d = self.latent_dim
         self.encoders = nn.ModuleDict({
             _key(m): VariationalEncoder(self.modality_dims[m], d, encoder_hidden,
@@ -506,7 +515,8 @@ class MRdIB(nn.Module):
         for m in self.modalities:
             table = out.modality_user_table(m)
             if id(table) not in rows:
-                rows[id(table)] = table[batch.users]
+                rows[id(table)] = (table[batch.users] if self.user_grad
+                                   else table[batch.users].detach())
             users[m] = self.user_map(m)(rows[id(table)])
         terms: Dict[str, Tensor] = {}
 

@@ -38,6 +38,8 @@ HELP = {
     'mi_probe_every': 'every N epochs, estimate I(z_a; z_b) with a fresh critic on held-out '
                       'items beside the training critic (0: off)',
     'replace': 'MRdIB replace mode (extension): fusion reads the encoder means',
+    'user_grad': "MRdIB heads' gradient reaches the backbone's user tables (--no-user-grad "
+                 "detaches them: MRdIB then shapes only the item-side modality tables)",
     'out_dir': 'write results.json, best.pt (best validation epoch) and last.pt (after every '
                'epoch, for --resume) here',
     'device': "'auto', 'cpu', 'cuda', 'cuda:1', ...",

@@ -179,6 +179,7 @@ class MRdIBOptions:
     critic_warmup: int = 0                 # batches before the DV term reaches the encoders
     ema_decay: float = 0.99                # MINE's moving average
     mi_probe_every: int = 0                # epochs between fresh-critic MI probes (0: off)
+    user_grad: bool = True                 # False: the heads leave the user tables alone
 
     @classmethod
     def field_names(cls):

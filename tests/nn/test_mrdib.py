@@ -356,6 +356,25 @@ def test_gradients_flow_into_backbone_tables():
     assert out.item.grad is None  # MRdIB reads the modality tables only
 
 
+def test_user_grad_false_leaves_the_user_tables_alone():
+    torch.manual_seed(0)
+    out = make_output(requires_grad=True)
+    batch = make_batch()
+    model = MRdIB.from_output(out, latent_dim=8, user_grad=False)
+    res = model(out, batch)
+    res.loss.backward()
+    assert out.user.grad is None and out.modalities['text'].user.grad is None
+    assert all(mo.item.grad.abs().sum() > 0 for mo in out.modalities.values())
+    # Same loss value as with the gradient on: only where it flows changes.
+    torch.manual_seed(0)
+    other = MRdIB.from_output(out, latent_dim=8)
+    other.load_state_dict(model.state_dict())
+    torch.manual_seed(1)
+    a = model(out, batch).loss
+    torch.manual_seed(1)
+    assert torch.allclose(a, other(out, batch).loss)
+
+
 def test_mrdib_changes_backbone_gradients():
     torch.manual_seed(0)
     out = make_output(requires_grad=True)
