@@ -156,6 +156,27 @@ def _check_folder(path: str, name: str, purpose: str) -> None:
                          f"'{where}' ({purpose})")
 
 
+def _check_types(options: Any, skip: Sequence[str] = ()) -> None:
+    r"""Raise :class:`ValueError`, naming the option, if a field of the dataclass
+    :obj:`options` does not fit its type."""
+    hints = typing.get_type_hints(type(options))
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        if f.name not in skip and not matches_type(value, hints[f.name]):
+            raise ValueError(f"{option_name(f.name)} expects {describe_type(hints[f.name])} "
+                             f"(got {value!r})")
+
+
+def _range_check(options: Any) -> Callable[[str, bool, str], None]:
+    r"""``check(name, ok, rule)``: raise, naming option :obj:`name` and its value, unless
+    :obj:`ok`."""
+    def check(name: str, ok: bool, rule: str) -> None:
+        if not ok:
+            raise ValueError(f"{option_name(name)} must be {rule} "
+                             f"(got {getattr(options, name)!r})")
+    return check
+
+
 @dataclass
 class MRdIBOptions:
     r"""The MRdIB plug-in's options (mrdib-spec.md; every "our choice" setting is here): the
@@ -187,16 +208,8 @@ class MRdIBOptions:
 
     def validate(self) -> 'MRdIBOptions':
         r"""Raise :class:`ValueError`, naming the option, for a wrong type or range."""
-        hints = typing.get_type_hints(type(self))
-        for name in self.field_names():
-            if not matches_type(getattr(self, name), hints[name]):
-                raise ValueError(f"{option_name(name)} expects {describe_type(hints[name])} "
-                                 f"(got {getattr(self, name)!r})")
-
-        def check(name: str, ok: bool, rule: str) -> None:
-            if not ok:
-                raise ValueError(f"{option_name(name)} must be {rule} "
-                                 f"(got {getattr(self, name)!r})")
+        _check_types(self)
+        check = _range_check(self)
 
         for name in ('latent_dim', 'critic_hidden'):
             check(name, getattr(self, name) >= 1, 'an integer >= 1')
@@ -343,22 +356,10 @@ class TrainConfig:
         r"""Raise :class:`ValueError`, naming the option and its value, if an option has the
         wrong type or a value out of range (a run on such a value would end in a traceback
         or, worse, in silently wrong results). Returns :obj:`self`."""
-        hints = typing.get_type_hints(type(self))
-        for name in self.field_names():
-            if name == 'mrdib':
-                if self.mrdib is not None and not isinstance(self.mrdib, MRdIBOptions):
-                    raise ValueError(f'mrdib (--mrdib) expects MRdIB options (got '
-                                     f'{self.mrdib!r})')
-                continue
-            value = getattr(self, name)
-            if not matches_type(value, hints[name]):
-                raise ValueError(f"{option_name(name)} expects {describe_type(hints[name])} "
-                                 f"(got {value!r})")
-
-        def check(name: str, ok: bool, rule: str) -> None:
-            if not ok:
-                raise ValueError(f"{option_name(name)} must be {rule} "
-                                 f"(got {getattr(self, name)!r})")
+        if self.mrdib is not None and not isinstance(self.mrdib, MRdIBOptions):
+            raise ValueError(f'mrdib (--mrdib) expects MRdIB options (got {self.mrdib!r})')
+        _check_types(self, skip=('mrdib', ))
+        check = _range_check(self)
 
         for name in ('epochs', 'batch_size', 'eval_batch_size', 'lr_decay_step'):
             check(name, getattr(self, name) >= 1, 'an integer >= 1')
