@@ -73,6 +73,15 @@ class Recommender(nn.Module):
         return build_graphs(data, {k: s for k, s in specs.items() if k not in kwargs},
                             cache_dir, fill)
 
+    def check_graph_shapes(self, graphs: Mapping[str, Any]) -> None:
+        r"""Raise :class:`ValueError` naming the argument if a graph passed to the
+        constructor has the wrong shape; :obj:`graphs` maps argument name ->
+        :obj:`(tensor, expected shape)`."""
+        for arg, (graph, shape) in graphs.items():
+            if tuple(graph.shape) != tuple(shape):
+                raise ValueError(f"'{self.__class__.__name__}': {arg} has shape "
+                                 f"{tuple(graph.shape)}, expected {tuple(shape)}")
+
     # -- training ---------------------------------------------------------------------
     def forward(self) -> RecOutput:  # pragma: no cover - abstract
         raise NotImplementedError

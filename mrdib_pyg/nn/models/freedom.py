@@ -159,12 +159,8 @@ class FREEDOM(MultimodalRecommender):
             raise ValueError(f"'{name}' got unknown pruning_rng '{pruning_rng}' (expected "
                              f"'epoch' or 'global')")
         n = num_users + num_items
-        if tuple(adj.shape) != (n, n):
-            raise ValueError(f"'{name}': adj has shape {tuple(adj.shape)}, expected "
-                             f"({n}, {n}) (users, then items)")
-        if tuple(mm_adj.shape) != (num_items, num_items):
-            raise ValueError(f"'{name}': mm_adj has shape {tuple(mm_adj.shape)}, expected "
-                             f"({num_items}, {num_items})")
+        self.check_graph_shapes({'adj': (adj, (n, n)),
+                                 'mm_adj': (mm_adj, (num_items, num_items))})
         self.embedding_dim = embedding_dim
         self.feat_embed_dim = feat_embed_dim
         self.knn_k = knn_k

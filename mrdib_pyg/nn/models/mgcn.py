@@ -183,10 +183,7 @@ class MGCN(MultimodalRecommender):
         shapes = {'adj': (adj, (n, n)), 'user_item': (user_item, (num_users, num_items))}
         shapes.update({f'item_graphs[{m!r}]': (g, (num_items, num_items))
                        for m, g in item_graphs.items()})
-        for arg, (g, shape) in shapes.items():
-            if tuple(g.shape) != shape:
-                raise ValueError(f"'{name}': {arg} has shape {tuple(g.shape)}, expected "
-                                 f"{shape}")
+        self.check_graph_shapes(shapes)
         if reg_batch_size is not None and reg_batch_size < 1:
             raise ValueError(f"'{name}' needs reg_batch_size >= 1 or None "
                              f"(got {reg_batch_size})")
