@@ -92,6 +92,24 @@ def ours(args, model, epochs, seed, patience, out_dir):
             'wall_s': wall, 'peak_rss_mib': rss}
 
 
+#: Imported by MMRec's processes (``sitecustomize`` on their path): GRCN calls ``.cuda()``
+#: in its constructor and loss whatever the configured device, which fails on a machine
+#: without a GPU; on such a machine this makes ``.cuda()`` a no-op. MMRec's models are
+#: otherwise run as they are.
+CPU_SHIM = """import torch
+if not torch.cuda.is_available():
+    torch.Tensor.cuda = lambda self, *a, **k: self
+    torch.nn.Module.cuda = lambda self, *a, **k: self
+"""
+
+
+def mmrec_path() -> str:
+    shim = Path(tempfile.gettempdir()) / 'mmrec_cpu_shim'
+    shim.mkdir(exist_ok=True)
+    (shim / 'sitecustomize.py').write_text(CPU_SHIM)
+    return f'.{os.pathsep}{shim}'
+
+
 def mmrec(args, model, epochs, seed, accuracy):
     name, kvs = SETTINGS[model][1]
     py = args.mmrec_python
@@ -101,7 +119,7 @@ def mmrec(args, model, epochs, seed, accuracy):
     else:
         cmd = [py, str(TOOLS / 'time_epochs.py'), name, args.mmrec_dataset, str(epochs),
                f'seed_value={seed}'] + kvs
-    out, wall, rss = timed(cmd, args.mmrec_src, env_for(args.threads, '.'))
+    out, wall, rss = timed(cmd, args.mmrec_src, env_for(args.threads, mmrec_path()))
     res = json.loads(out.strip().splitlines()[-1])
     res.update(wall_s=wall, peak_rss_mib=rss)
     return res

@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--dataset-arg', action='append', metavar='KEY=VALUE',
                    help='dataset constructor argument, e.g. num_users=500 (repeatable)')
     p.add_argument('--json', action='store_true', help='print the result as JSON')
+    p.add_argument('--plot', nargs='?', const='', default=None, metavar='PNG',
+                   help='write the training curves (every loss term, the validation metrics, '
+                        'the best epoch marked) to PNG; without a path, curves.png in '
+                        '--out-dir (or the current folder). Needs matplotlib')
     p.add_argument('--resume', metavar='DIR',
                    help='continue the run whose --out-dir was DIR (after a kill, a crash or a '
                         'reboot) from its last completed epoch, saved in DIR/last.pt after '
@@ -228,6 +232,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     if int(os.environ.get('RANK', '0') or 0) != 0:
         return 0  # under torchrun only rank 0 prints the result
+    if args.plot is not None:
+        try:
+            from mrdib_pyg.plot import plot_training
+            png = args.plot or os.path.join(cfg.out_dir or '.', 'curves.png')
+            print(f'curves written to {plot_training(result.to_dict(), png)}', file=sys.stderr)
+        except (ImportError, OSError, ValueError) as err:
+            print(f'mrdib-train: error: no plot written: {error_message(err)}', file=sys.stderr)
+            return 2
     if args.json:
         json.dump(result.to_dict(), sys.stdout, indent=1)
         print()
