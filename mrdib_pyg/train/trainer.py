@@ -286,7 +286,9 @@ class TrainResult:
 class Trainer:
     r"""Trains a backbone (optionally with MRdIB) as MMRec does.
 
-    Per epoch: :meth:`Recommender.pre_epoch`; for each BPR batch, one step of the main loss
+    Per epoch: :meth:`Recommender.pre_epoch`; for each BPR batch, the tables of
+    :meth:`Recommender.forward_batch` (the full tables, or a sampled subgraph's) and one
+    step of the main loss
     :math:`\mathcal{L}_{\text{backbone}} + \sum_p \mathcal{L}_p` over the training plug-ins
     :math:`p` (:class:`~mrdib_pyg.train.plugins.TrainingPlugin`; MRdIB's runs its critic
     steps inside, with its own optimiser); the plug-ins' diagnostics after the epoch;
@@ -391,8 +393,7 @@ class Trainer:
         bar = tqdm(self.sampler, desc=f'epoch {epoch}', leave=False,
                    disable=not (self.cfg.progress and self.is_main))
         for batch in bar:
-            batch = batch.to(self.device)
-            out = self.model()
+            out, batch = self.model.forward_batch(batch.to(self.device))
             loss = self.model.loss(out, batch)
             logs = {'backbone': loss.detach()}
             for plugin in self.plugins:

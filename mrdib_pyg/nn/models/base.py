@@ -1,7 +1,7 @@
 r"""The base classes every backbone derives from: :class:`Recommender` (tables, loss,
 cached scoring, declared graphs) and :class:`MultimodalRecommender` (modality order, feature
 buffers, per-modality outputs, the plug-in hook)."""
-from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -85,6 +85,14 @@ class Recommender(nn.Module):
     # -- training ---------------------------------------------------------------------
     def forward(self) -> RecOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def forward_batch(self, batch: BPRBatch) -> Tuple[RecOutput, BPRBatch]:
+        r"""The tables one training step needs and the batch indexed into them. By default
+        the full tables and the batch as it is; a backbone trained on sampled subgraphs
+        (:class:`~mrdib_pyg.nn.models.PyGBackbone` with :obj:`num_neighbors`) returns the
+        subgraph's tables and the batch's rows re-indexed into them. The loss and every
+        plug-in see only this pair."""
+        return self.forward(), batch
 
     def pre_epoch(self, epoch: int) -> None:
         r"""Hook called by the trainer before every epoch (no-op by default)."""

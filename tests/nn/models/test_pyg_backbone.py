@@ -143,3 +143,73 @@ def test_regularizer_is_mmrecs_emb_loss(tiny):
     rows = (model.user_emb[b.users], model.item_emb[b.pos], model.item_emb[b.neg])
     expected = 0.5 * sum(r.norm() for r in rows) / 2
     assert torch.allclose(model.regularizer(model(), b), expected)
+
+
+# -- mini-batch training on sampled subgraphs -----------------------------------------
+class Identity(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x_dict, edge_index_dict):
+        return {k: v * self.scale for k, v in x_dict.items()}
+
+
+def test_sampled_batch_is_reindexed_into_the_subgraph(tiny):
+    pytest.importorskip('torch_sparse')  # or pyg-lib: PyG's sampler needs one
+    model = PyGBackbone(Identity(), tiny, num_neighbors=[3, 2])
+    g = torch.Generator().manual_seed(0)
+    ei = tiny[RATES].edge_index
+    pick = torch.randint(ei.size(1), (12, ), generator=g)
+    b = BPRBatch(ei[0, pick], ei[1, pick], torch.randint(tiny['item'].num_nodes, (12, ),
+                                                         generator=g))
+    out, local = model.forward_batch(b)
+    assert out.user.size(0) < tiny['user'].num_nodes  # a subgraph, not the full tables
+    assert torch.equal(out.user[local.users], model.user_emb[b.users])
+    assert torch.equal(out.item[local.pos], model.item_emb[b.pos])
+    assert torch.equal(out.item[local.neg], model.item_emb[b.neg])
+    for m in ('image', 'text'):  # each batch item's own modality row, aligned to items
+        want = model.proj[m](model.feature(m))
+        assert out.modalities[m].item.size(0) == out.item.size(0)
+        assert torch.allclose(out.modalities[m].item[local.pos], want[b.pos])
+        assert torch.allclose(out.modalities[m].item[local.neg], want[b.neg])
+    model.eval()  # evaluation always uses the full graph
+    full, same = model.forward_batch(b)
+    assert full.user.size(0) == tiny['user'].num_nodes and same is b
+
+
+def test_minibatch_reaches_full_batch_metrics_within_the_seed_spread(small):
+    pytest.importorskip('torch_sparse')
+    import statistics
+    cfg = TrainConfig(dataset='synthetic', epochs=15, patience=15, progress=False, lr=1e-2,
+                      batch_size=512, device='cpu')
+    scores = {}
+    for fanout in (None, [10, 10]):
+        for seed in (0, 1, 2):
+            seed_everything(seed)
+            model = PyGBackbone(to_hetero(GraphSAGE((-1, -1), 32, num_layers=2),
+                                          small.metadata(), aggr='mean'), small,
+                                num_neighbors=fanout)
+            res = Trainer(model, small, cfg.update({'seed': seed})).fit()
+            scores.setdefault(str(fanout), []).append(res.test_at_best['Recall@20'])
+    full, mini = scores['None'], scores['[10, 10]']
+    spread = max(statistics.stdev(full), statistics.stdev(mini))
+    gap = abs(statistics.fmean(full) - statistics.fmean(mini))
+    assert gap <= 2 * spread + 0.01, scores
+    assert min(mini) > popularity_recall(small)
+
+
+def test_minibatch_without_a_sampling_backend_says_how_to_install(tiny, monkeypatch):
+    import torch_geometric.typing as pyg_typing
+    monkeypatch.setattr(pyg_typing, 'WITH_PYG_LIB', False)
+    monkeypatch.setattr(pyg_typing, 'WITH_TORCH_SPARSE', False)
+    with pytest.raises(ImportError, match='pip install pyg-lib -f https://data.pyg.org'):
+        PyGBackbone(Identity(), tiny, num_neighbors=[2])
+    PyGBackbone(Identity(), tiny)  # full-graph training needs neither
+
+
+def test_minibatch_options_are_checked(tiny):
+    with pytest.raises(ValueError, match="needs mode='hetero'"):
+        PyGBackbone(GCN(64, 64, 1), tiny, mode='homogeneous', num_neighbors=[2])
+    with pytest.raises(ValueError, match='one fan-out per layer'):
+        PyGBackbone(Identity(), tiny, num_neighbors=[0])
