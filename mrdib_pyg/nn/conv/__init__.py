@@ -6,8 +6,9 @@ from mrdib_pyg.nn.conv.edge_pruning import (DegreeSensitiveEdgePruning, bipartit
 from mrdib_pyg.nn.conv.modality_purifier import ModalityPurifier
 from mrdib_pyg.nn.conv.attention_fuser import AttentionFuser
 from mrdib_pyg.nn.conv.mmgcn_conv import MMGCNConv, MMGCNEncoder, bipartite_blocks
+from mrdib_pyg.nn.conv.learned_item_graph import LearnedItemGraph
 
 __all__ = ['SparseOperator', 'LGPropagation', 'ModalityPurifier', 'AttentionFuser',
            'MMGCNConv', 'MMGCNEncoder', 'bipartite_blocks', 'DegreeSensitiveEdgePruning',
-           'bipartite_degree_weights', 'bipartite_sym_norm',
+           'bipartite_degree_weights', 'bipartite_sym_norm', 'LearnedItemGraph',
            'has_torch_sparse']
