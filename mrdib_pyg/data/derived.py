@@ -19,7 +19,9 @@ The specs:
   message passing);
 * :class:`ItemKNN` -- one modality's cosine :math:`k`-NN item graph, normalised
   (MGCN, LATTICE);
-* :class:`MixedItemKNN` -- a weighted sum of per-modality kNN graphs (FREEDOM).
+* :class:`MixedItemKNN` -- a weighted sum of per-modality kNN graphs (FREEDOM);
+* :class:`UserCoInteraction` -- the user–user co-interaction counts, top-:math:`k` per user
+  (DualGNN's user graph).
 
 Each spec is a frozen dataclass: equal parameters mean the same graph.
 """
@@ -34,11 +36,11 @@ from torch_geometric.data import HeteroData
 from torch_geometric.utils import coalesce
 
 from mrdib_pyg.data.graphs import (cached_graph, item_knn_graph, row_norm_adj, sym_norm_adj,
-                                   tensor_fingerprint)
+                                   tensor_fingerprint, user_cooccurrence_graph)
 from mrdib_pyg.data.schema import ITEM, RATES, USER, item_features, modality_names
 
 __all__ = ['GraphSpec', 'UserItemGraph', 'TrainingEdges', 'ItemKNN',
-           'MixedItemKNN', 'build_graphs', 'csr_from_parts']
+           'MixedItemKNN', 'UserCoInteraction', 'build_graphs', 'csr_from_parts']
 
 NORMS = ('sym', 'row', 'none')
 
@@ -268,6 +270,49 @@ class MixedItemKNN(GraphSpec):
                              self.norm).to_sparse_coo()
             total = w * adj if total is None else total + w * adj
         return total.coalesce().to_sparse_csr()
+
+
+@dataclass(frozen=True)
+class UserCoInteraction(GraphSpec):
+    r"""DualGNN's user–user graph: the number of training items two users share,
+
+    .. math::
+        C = R R^\top \text{ without its diagonal}, \qquad
+        C_{uv} = |\mathcal{I}_u \cap \mathcal{I}_v|,
+
+    kept for the :obj:`k` heaviest neighbours of every user (ties: the smaller user id),
+    as a :obj:`[U, U]` sparse matrix of float counts (not symmetric once pruned). Built
+    sparsely, a chunk of users at a time, by
+    :func:`~mrdib_pyg.data.graphs.user_cooccurrence_graph` (never a dense :math:`U \times U`
+    matrix) from the deduplicated training pairs, and cached.
+
+    MMRec reads the same counts from ``user_graph_dict.npy`` (written by its
+    ``preprocessing/dualgnn-gen-u-u-matrix.py``, which keeps 200 neighbours per user; its
+    DualGNN uses the first 40). MMRec orders tied counts as :func:`torch.topk` happens to
+    return them, so where a tie straddles the :math:`k`-th place the two may keep different
+    (equally weighted) neighbours.
+
+    Args:
+        k (int, optional): neighbours kept per user; :obj:`None` keeps all.
+            (default: :obj:`40`, DualGNN's)
+    """
+    k: Optional[int] = 40
+    kind = 'user_coint'
+
+    def __post_init__(self):
+        if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int)
+                                   or self.k < 1):
+            raise ValueError(f"UserCoInteraction: k must be a positive int or None "
+                             f"(got {self.k!r})")
+
+    def inputs(self, data, fill):
+        return [data[RATES].edge_index]
+
+    def build(self, data, fill):
+        num_users, num_items = _counts(data)
+        edge_index, count = user_cooccurrence_graph(data[RATES].edge_index, num_users,
+                                                    num_items, topk=self.k)
+        return csr_from_parts(edge_index, count.float(), (num_users, num_users))
 
 
 def build_graphs(data: HeteroData, specs: Mapping[str, Any],

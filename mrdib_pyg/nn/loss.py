@@ -2,6 +2,7 @@ r"""Loss functions shared by the backbones and the MRdIB heads (MMRec's definiti
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -26,3 +27,28 @@ def emb_loss(embeddings: Sequence[Tensor], batch_size: int) -> Tensor:
 def l2_loss(embeddings: Sequence[Tensor], batch_size: int) -> Tensor:
     r"""Half the squared L2 norm divided by the batch size (LATTICE/FREEDOM/MGCN style)."""
     return sum(e.pow(2).sum() for e in embeddings) / (2 * batch_size)
+
+
+def info_nce(view1: Tensor, view2: Tensor, temperature: float) -> Tensor:
+    r"""The in-batch InfoNCE loss of MGCN and SOIL (MMRec's ``InfoNCE``): row :math:`n` of
+    :obj:`view1` must pick row :math:`n` of :obj:`view2` among all rows of :obj:`view2`,
+
+    .. math::
+        \mathcal{L} = -\frac{1}{B}\sum_{n} \log
+        \frac{\exp(\hat{\mathbf{a}}_n^\top \hat{\mathbf{b}}_n / \tau)}
+             {\sum_{k} \exp(\hat{\mathbf{a}}_n^\top \hat{\mathbf{b}}_k / \tau)},
+        \qquad \hat{\mathbf{a}} = \mathbf{a} / \|\mathbf{a}\|
+
+    Computed as a cross-entropy over the :math:`B \times B` cosine logits (the log-sum-exp
+    form of the same value; MMRec takes the log of a ratio of exponentials). Rows are used
+    as given: a user drawn twice in a batch is its own negative, as in MMRec.
+
+    Args:
+        view1 (Tensor): :obj:`[B, d]` anchors.
+        view2 (Tensor): :obj:`[B, d]` positives (row-aligned) and in-batch negatives.
+        temperature (float): :math:`\tau`.
+    """
+    a = F.normalize(view1, dim=1)
+    b = F.normalize(view2, dim=1)
+    logits = a @ b.t() / temperature
+    return F.cross_entropy(logits, torch.arange(a.size(0), device=a.device))

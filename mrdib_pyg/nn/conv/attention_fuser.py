@@ -1,5 +1,6 @@
-r"""MGCN's behaviour-aware fuser: shared attention plus preference-gated modality parts."""
-from typing import Sequence, Tuple
+r"""MGCN's behaviour-aware fuser: shared attention plus preference-gated modality parts
+(SOIL's: the same attention without the gates)."""
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -33,17 +34,26 @@ class AttentionFuser(nn.Module):
     the sums are symmetric) as long as the gates follow their views. With :math:`M = 1`
     the specific part is zero and :math:`\mathbf{z} = \mathbf{x}^1 / 2`.
 
+    **Without gates** (:obj:`gates=False`) every gate is one and no behaviour view is read:
+    :math:`\mathbf{z}_n = \frac{1}{M+1}\big(\sum_m \mathbf{x}^m_n - (M-1)\,\mathbf{c}_n\big)`,
+    the fuser of `"Contrastive Second-Order Interest Learning for Multimodal
+    Recommendation" <https://doi.org/10.1145/3664647.3681207>`_ (SOIL, its code's
+    ``(image + text - common) / 3``, computed in that order; the paper's Eq. 14 up to the
+    :math:`1/3`).
+
     Args:
         channels (int): embedding width :math:`d`.
         num_modalities (int): :math:`M \ge 1`.
+        gates (bool, optional): MGCN's preference gates (:obj:`True`) or none (SOIL).
+            (default: :obj:`True`)
 
     Shapes:
         - **input:** :math:`M` modality views :math:`(N, d)` each (a sequence), behaviour
-          view :math:`(N, d)`
+          view :math:`(N, d)` (ignored, and optional, without gates)
         - **output:** :math:`(N, d)`
     """
 
-    def __init__(self, channels: int, num_modalities: int):
+    def __init__(self, channels: int, num_modalities: int, gates: bool = True):
         super().__init__()
         if channels < 1 or num_modalities < 1:
             raise ValueError(f"'{self.__class__.__name__}' needs channels >= 1 and "
@@ -52,8 +62,9 @@ class AttentionFuser(nn.Module):
         self.num_modalities = num_modalities
         self.query = nn.Sequential(nn.Linear(channels, channels), nn.Tanh(),
                                    nn.Linear(channels, 1, bias=False))
+        self.gated = bool(gates)
         self.gates = nn.ModuleList(nn.Linear(channels, channels)
-                                   for _ in range(num_modalities))
+                                   for _ in range(num_modalities if gates else 0))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -81,8 +92,16 @@ class AttentionFuser(nn.Module):
         alpha = torch.softmax(self.query(x).squeeze(-1), dim=0)
         return alpha, (alpha.unsqueeze(-1) * x).sum(0)
 
-    def forward(self, xs: Sequence[Tensor], h: Tensor) -> Tensor:
+    def forward(self, xs: Sequence[Tensor], h: Optional[Tensor] = None) -> Tensor:
         _, common = self.attention(xs)
+        if not self.gated:
+            total = xs[0]
+            for x in xs[1:]:
+                total = total + x
+            return (total - (self.num_modalities - 1) * common) / (self.num_modalities + 1)
+        if h is None:
+            raise ValueError(f"'{self.__class__.__name__}' with gates needs the behaviour "
+                             f"view h")
         if h.shape != common.shape:
             raise ValueError(f"'{self.__class__.__name__}' needs a behaviour view of shape "
                              f"{tuple(common.shape)} (got {tuple(h.shape)})")
@@ -94,4 +113,5 @@ class AttentionFuser(nn.Module):
         return (out + common) / (self.num_modalities + 1)
 
     def extra_repr(self) -> str:
-        return f'{self.channels}, num_modalities={self.num_modalities}'
+        return (f'{self.channels}, num_modalities={self.num_modalities}'
+                + ('' if self.gated else ', gates=False'))

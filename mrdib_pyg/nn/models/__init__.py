@@ -13,7 +13,9 @@ from mrdib_pyg.nn.models.mmgcn import MMGCN
 from mrdib_pyg.nn.models.lattice import LATTICE
 from mrdib_pyg.nn.models.grcn import GRCN
 from mrdib_pyg.nn.models.bm3 import BM3
+from mrdib_pyg.nn.models.soil import SOIL
+from mrdib_pyg.nn.models.dualgnn import DualGNN
 from mrdib_pyg.nn.models.pyg_backbone import PyGBackbone
 
-__all__ = ['Recommender', 'MultimodalRecommender', 'BPRMF', 'LightGCN', 'VBPR', 'FREEDOM', 'MGCN', 'MMGCN', 'LATTICE', 'GRCN', 'BM3', 'PyGBackbone', 'MODELS',
+__all__ = ['Recommender', 'MultimodalRecommender', 'BPRMF', 'LightGCN', 'VBPR', 'FREEDOM', 'MGCN', 'MMGCN', 'LATTICE', 'GRCN', 'BM3', 'SOIL', 'DualGNN', 'PyGBackbone', 'MODELS',
            'register_model', 'model_defaults', 'describe_models', 'mmrec_modality_order']

@@ -13,6 +13,7 @@ from mrdib_pyg.nn.conv import LGPropagation, SparseOperator
 from mrdib_pyg.nn.conv.attention_fuser import AttentionFuser
 from mrdib_pyg.nn.conv.modality_purifier import ModalityPurifier
 from mrdib_pyg.nn.loss import l2_loss
+from mrdib_pyg.nn.loss import info_nce  # noqa: F401  (re-exported: MGCN's InfoNCE)
 from mrdib_pyg.nn.models.base import MultimodalRecommender
 from mrdib_pyg.nn.models.registry import register_model
 from mrdib_pyg.nn.output import ModalityOutput, RecOutput
@@ -33,29 +34,6 @@ def _finite_graph(adj: Tensor, modality: str) -> Tensor:
                                    adj.shape)
 
 
-def info_nce(view1: Tensor, view2: Tensor, temperature: float) -> Tensor:
-    r"""The in-batch InfoNCE loss of MGCN (MMRec's ``InfoNCE``): row :math:`n` of
-    :obj:`view1` must pick row :math:`n` of :obj:`view2` among all rows of :obj:`view2`,
-
-    .. math::
-        \mathcal{L} = -\frac{1}{B}\sum_{n} \log
-        \frac{\exp(\hat{\mathbf{a}}_n^\top \hat{\mathbf{b}}_n / \tau)}
-             {\sum_{k} \exp(\hat{\mathbf{a}}_n^\top \hat{\mathbf{b}}_k / \tau)},
-        \qquad \hat{\mathbf{a}} = \mathbf{a} / \|\mathbf{a}\|
-
-    Computed as a cross-entropy over the :math:`B \times B` cosine logits (the log-sum-exp
-    form of the same value; MMRec takes the log of a ratio of exponentials). Rows are used
-    as given: a user drawn twice in a batch is its own negative, as in MMRec.
-
-    Args:
-        view1 (Tensor): :obj:`[B, d]` anchors.
-        view2 (Tensor): :obj:`[B, d]` positives (row-aligned) and in-batch negatives.
-        temperature (float): :math:`\tau`.
-    """
-    a = F.normalize(view1, dim=1)
-    b = F.normalize(view2, dim=1)
-    logits = a @ b.t() / temperature
-    return F.cross_entropy(logits, torch.arange(a.size(0), device=a.device))
 
 
 @register_model('mgcn', 'MGCN: ID-purified modality views on item kNN graphs, attention '
