@@ -21,6 +21,7 @@ MMRec runs from a copy built by ``../shared/tools/mmrec/setup.sh`` (default
         /tmp/mm/baby/raw --seed 0
     bash ../shared/tools/mmrec/setup.sh MMREC_GIT_DIR /tmp/mm/baby/raw
     python benchmarks/bench_mmrec.py --mode speed --models lightgcn vbpr freedom mgcn mmgcn
+    python benchmarks/bench_mmrec.py --mode speed --models dualgnn lattice grcn bm3 lgmrec soil
     python benchmarks/bench_mmrec.py --mode accuracy --models freedom --max-epochs 40
 """
 import argparse
@@ -49,7 +50,54 @@ SETTINGS = {
     'mgcn': (('mgcn', ['cl_loss=0.001'], []), ('MGCN', ['cl_loss=0.001'])),
     'mmgcn': (('mmgcn', ['reg_weight=0.0'], ['--lr', '0.0001']),
               ('MMGCN', ['reg_weight=0', 'learning_rate=0.0001'])),
+    'dualgnn': (('dualgnn', ['reg_weight=0.1'], ['--lr', '0.1']),
+                ('DualGNN', ['aggr_mode=add', 'reg_weight=0.1', 'learning_rate=0.1'])),
+    'lattice': (('lattice', ['reg_weight=0.0'], ['--lr', '0.0001']),
+                ('LATTICE', ['reg_weight=0.0', 'learning_rate=0.0001'])),
+    'grcn': (('grcn', ['reg_weight=0.1'], ['--lr', '1.0']),
+             ('GRCN', ['reg_weight=0.1', 'learning_rate=1'])),
+    'bm3': (('bm3', ['n_layers=1', 'dropout=0.3', 'reg_weight=0.1'], []),
+            ('BM3', ['n_layers=1', 'dropout=0.3', 'reg_weight=0.1'])),
+    'lgmrec': (('lgmrec', [], []),
+               ('LGMRec', ['n_ui_layers=2', 'n_mm_layers=2', 'n_hyper_layer=1', 'hyper_num=4',
+                           'keep_rate=0.5', 'alpha=0.3', 'cl_weight=0.0001',
+                           'reg_weight=0.000001'])),
+    # SOIL is not in MMRec: its authors' models/soil.py (+ utils, yaml) copied into the
+    # MMRec copy (benchmarks/equivalence/soil.py does it); knn_i/knn_a: its Baby values.
+    'soil': (('soil', ['cl_loss=0.001', 'cl_loss2=0.001'], []),
+             ('SOIL', ['cl_loss=0.001', 'cl_loss2=0.001', 'knn_i=10', 'knn_a=2'])),
 }
+
+
+def write_user_graph_dict(folder: str, name: str) -> None:
+    r"""MMRec's DualGNN reads ``user_graph_dict.npy`` (per user: the ids and counts of
+    the <= 200 users sharing most training items, by ``torch.topk``), which MMRec's
+    ``preprocessing/dualgnn-gen-u-u-matrix.py`` writes with a dense U x U matrix and a
+    Python loop over U^2/2 user pairs (hours on Baby). Written here with the same content
+    from sparse counts (ties at the 200th place may pick other users)."""
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+    path = os.path.join(folder, 'user_graph_dict.npy')
+    if os.path.exists(path):
+        return
+    df = pd.read_csv(os.path.join(folder, f'{name}.inter'), sep='\t')
+    num_users = int(df['userID'].nunique())
+    tr = df[df['x_label'] == 0]
+    r = sp.csr_matrix((np.ones(len(tr), dtype=np.float32), (tr['userID'], tr['itemID'])),
+                      shape=(num_users, int(df['itemID'].max()) + 1))
+    r.data[:] = 1.0
+    c = (r @ r.T).tocsr()
+    c.setdiag(0)
+    c.eliminate_zeros()
+    graph = {}
+    for u in range(num_users):
+        lo, hi = c.indptr[u], c.indptr[u + 1]
+        cols, vals = c.indices[lo:hi], c.data[lo:hi]
+        order = np.lexsort((cols, -vals))[:200]
+        graph[u] = [cols[order].tolist(), vals[order].astype(float).tolist()]
+    np.save(path, graph, allow_pickle=True)
+    print(f'wrote {path} ({num_users} users)', flush=True)
 
 
 def timed(cmd, cwd, env):
@@ -212,6 +260,8 @@ def main():
     if not Path(args.mmrec_src).is_dir() or not (TOOLS / 'fit.py').exists():
         print(f'skipped: no MMRec copy at {args.mmrec_src} (see the docstring)')
         return
+    if 'dualgnn' in args.models:
+        write_user_graph_dict(os.path.join(args.root, args.name, 'raw'), args.name)
     rows = speed(args) if args.mode == 'speed' else accuracy(args)
     sys.path.insert(0, str(HERE))
     from common import machine, write_json
