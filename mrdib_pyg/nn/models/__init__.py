@@ -15,7 +15,12 @@ from mrdib_pyg.nn.models.grcn import GRCN
 from mrdib_pyg.nn.models.bm3 import BM3
 from mrdib_pyg.nn.models.soil import SOIL
 from mrdib_pyg.nn.models.dualgnn import DualGNN
+from mrdib_pyg.nn.models.lgmrec import LGMRec
 from mrdib_pyg.nn.models.pyg_backbone import PyGBackbone
 
-__all__ = ['Recommender', 'MultimodalRecommender', 'BPRMF', 'LightGCN', 'VBPR', 'FREEDOM', 'MGCN', 'MMGCN', 'LATTICE', 'GRCN', 'BM3', 'SOIL', 'DualGNN', 'PyGBackbone', 'MODELS',
-           'register_model', 'model_defaults', 'describe_models', 'mmrec_modality_order']
+__all__ = [
+    'Recommender', 'MultimodalRecommender', 'mmrec_modality_order', 'MODELS',
+    'register_model', 'model_defaults', 'describe_models',
+    'BPRMF', 'LightGCN', 'VBPR', 'FREEDOM', 'MGCN', 'MMGCN', 'LATTICE', 'GRCN', 'BM3', 'SOIL',
+    'DualGNN', 'LGMRec', 'PyGBackbone',
+]
