@@ -41,12 +41,17 @@ class Recommender(nn.Module):
     #: (e.g. MGCN's learning-rate decay); the command line layers them under the dataset
     #: preset, ``--config`` and flags (:meth:`~mrdib_pyg.train.TrainConfig.preset`).
     train_defaults: ClassVar[Dict[str, Any]] = {}
+    #: Rank with the tables of the last *training* forward (computed before that batch's
+    #: optimiser step) instead of recomputing them in evaluation mode: MMRec's MMGCN, GRCN
+    #: and DualGNN do this. Off by default; those backbones take it as an argument.
+    score_last_train_forward: bool = False
 
     def __init__(self, num_users: int, num_items: int):
         super().__init__()
         self.num_users = int(num_users)
         self.num_items = int(num_items)
         self._cache: Optional[RecOutput] = None
+        self._last_train: Optional[RecOutput] = None
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -116,11 +121,23 @@ class Recommender(nn.Module):
     def invalidate_cache(self) -> None:
         self._cache = None
 
+    def remember_training_tables(self, out: RecOutput) -> RecOutput:
+        r"""Keep :obj:`out`'s tables (detached) for ranking when
+        :attr:`score_last_train_forward` is set and the module is training; returns
+        :obj:`out`. Backbones offering MMRec's behaviour call it at the end of
+        :meth:`forward`."""
+        if self.training and self.score_last_train_forward:
+            self._last_train = RecOutput(user=out.user.detach(), item=out.item.detach())
+        return out
+
     @torch.no_grad()
     def embeddings(self) -> RecOutput:
-        r"""The tables used for ranking (cached in evaluation mode)."""
+        r"""The tables used for ranking (cached in evaluation mode; with
+        :attr:`score_last_train_forward`, the last training forward's once there is one)."""
         if self.training:
             return self.forward()
+        if self.score_last_train_forward and self._last_train is not None:
+            return self._last_train
         if self._cache is None:
             self._cache = self.forward()
         return self._cache

@@ -182,7 +182,6 @@ class DualGNN(MultimodalRecommender):
         self.propagation = LGPropagation(num_layers, combine='sum')
         self.user_graph = UserGraphConv(user_graph, k=user_topk, weighting=user_weighting,
                                         backend=backend)
-        self._last_train: Optional[RecOutput] = None
         self.reset_parameters()
         if sampling_seed is None:  # from the global stream: seeding the run fixes it
             sampling_seed = int(torch.randint(2**62, ()))
@@ -253,16 +252,8 @@ class DualGNN(MultimodalRecommender):
         user = user + self.user_graph(user)
         out = RecOutput(user=user, item=item, modalities={
             m: ModalityOutput(item=i, user=u) for m, (u, i) in reps.items()})
-        if self.training and self.score_last_train_forward:
-            self._last_train = RecOutput(user=user.detach(), item=item.detach())
-        return out
+        return self.remember_training_tables(out)
 
-    @torch.no_grad()
-    def embeddings(self) -> RecOutput:
-        if (not self.training and self.score_last_train_forward
-                and self._last_train is not None):
-            return self._last_train
-        return super().embeddings()
 
     # -- loss -------------------------------------------------------------------------
     def regularizer(self, out: RecOutput, batch: BPRBatch) -> Tensor:

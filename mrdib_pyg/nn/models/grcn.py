@@ -158,7 +158,6 @@ class GRCN(MultimodalRecommender):
                                     {m: self.feature_dims[m] for m in self.modalities},
                                     latent_dim, num_routing, route_to_users)
         self.id_gcn = EdgeWeightedGCN(id_layers)
-        self._last_train: Optional[RecOutput] = None
         self.reset_parameters()
 
     @classmethod
@@ -188,16 +187,8 @@ class GRCN(MultimodalRecommender):
         item = torch.cat([id_item] + [reps[m].item for m in self.modalities], dim=1)
         out = RecOutput(user=user, item=item, modalities={
             m: ModalityOutput(item=reps[m].item, user=reps[m].user) for m in self.modalities})
-        if self.training and self.score_last_train_forward:
-            self._last_train = RecOutput(user=user.detach(), item=item.detach())
-        return out
+        return self.remember_training_tables(out)
 
-    @torch.no_grad()
-    def embeddings(self) -> RecOutput:
-        if (not self.training and self.score_last_train_forward
-                and self._last_train is not None):
-            return self._last_train
-        return super().embeddings()
 
     def regularizer(self, out: RecOutput, batch: BPRBatch) -> Tensor:
         e, U = self.id_embedding, self.num_users

@@ -154,7 +154,6 @@ class MMGCN(MultimodalRecommender):
                             latent_dim=self.projections.get(m), num_layers=num_layers,
                             concat=concat, trainable_preference=trainable_embeddings)
             for m in self.modalities})
-        self._last_train: Optional[RecOutput] = None
         self.reset_parameters()
 
     @classmethod
@@ -181,16 +180,8 @@ class MMGCN(MultimodalRecommender):
         item = sum(reps[m][1] for m in self.modalities) / M
         out = RecOutput(user=user, item=item, modalities={
             m: ModalityOutput(item=i, user=u) for m, (u, i) in reps.items()})
-        if self.training and self.score_last_train_forward:
-            self._last_train = RecOutput(user=user.detach(), item=item.detach())
-        return out
+        return self.remember_training_tables(out)
 
-    @torch.no_grad()
-    def embeddings(self) -> RecOutput:
-        if (not self.training and self.score_last_train_forward
-                and self._last_train is not None):
-            return self._last_train
-        return super().embeddings()
 
     def regularizer(self, out: RecOutput, batch: BPRBatch) -> Tensor:
         e, U = self.id_embedding, self.num_users
