@@ -222,6 +222,16 @@ class MultimodalRecommender(Recommender):
         r"""The :obj:`[I, d_m]` raw features of :obj:`modality`."""
         return getattr(self, f'feat_{modality}')
 
+    def make_features_trainable(self) -> None:
+        r"""Turn every feature buffer into a parameter initialised from it, as MMRec's
+        ``nn.Embedding.from_pretrained(feat, freeze=False)`` (FREEDOM, BM3): the raw
+        features are then fine-tuned. The buffer may share memory with the dataset's
+        tensor, so a copy is trained."""
+        for m in self.modalities:
+            x = self.feature(m).detach().clone()
+            delattr(self, f'feat_{m}')
+            setattr(self, f'feat_{m}', nn.Parameter(x))
+
     def apply_modality_hook(self, reps: Dict[str, Tensor]) -> Dict[str, Tensor]:
         r""":obj:`reps` through :attr:`modality_hook` when one is set (replace mode)."""
         return reps if self.modality_hook is None else self.modality_hook(reps)

@@ -176,11 +176,7 @@ class FREEDOM(MultimodalRecommender):
         self.trs = nn.ModuleDict({m: nn.Linear(self.feature_dims[m], feat_embed_dim)
                                   for m in self.modalities})
         if not self.freeze_features:
-            # The buffer may share memory with the dataset's tensor: train a copy.
-            for m in self.modalities:
-                x = self.feature(m).detach().clone()
-                delattr(self, f'feat_{m}')
-                setattr(self, f'feat_{m}', nn.Parameter(x))
+            self.make_features_trainable()
 
         self.graph = SparseOperator(adj, symmetric=True, backend=backend)
         self.item_graph = SparseOperator(mm_adj, symmetric=False, backend=backend)
