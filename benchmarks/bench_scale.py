@@ -9,7 +9,8 @@ includes the Python/PyTorch import) and its wall time:
 * ``graphs``: the normalised bipartite adjacency, a 10-NN cosine item graph per modality
   and the user-user co-occurrence graph (top-200), as :mod:`mrdib_pyg.data.graphs` builds
   them (no cache);
-* ``bprmf``, ``lightgcn``, ``vbpr``, ``freedom``, ``mgcn``, ``mmgcn`` and each multimodal one
+* ``bprmf``, ``lightgcn``, ``vbpr``, ``freedom``, ``mgcn``, ``mmgcn``, ``dualgnn``,
+  ``lattice``, ``grcn``, ``bm3``, ``lgmrec``, ``soil`` and each multimodal one
   ``+mrdib``: :func:`build_trainer` (the model's preset) on the processed
   dataset (batch size 2048), :meth:`Trainer.train_epoch` over the first ``--batches``
   batches of the trainer's own sampler (the per-batch work is the trainer's), and one full
@@ -48,7 +49,9 @@ LIMIT_GIB = 8.0
 FULL_SHAPE = dict(users=39387, items=23033, interactions=278677, image_dim=4096, text_dim=384)
 QUICK_SHAPE = dict(users=3939, items=2303, interactions=27868, image_dim=4096, text_dim=384)
 BACKBONES = ('bprmf', 'lightgcn', 'vbpr', 'vbpr+mrdib', 'freedom', 'freedom+mrdib', 'mgcn',
-             'mgcn+mrdib', 'mmgcn', 'mmgcn+mrdib')
+             'mgcn+mrdib', 'mmgcn', 'mmgcn+mrdib', 'dualgnn', 'dualgnn+mrdib', 'lattice',
+             'lattice+mrdib', 'grcn', 'grcn+mrdib', 'bm3', 'bm3+mrdib', 'lgmrec',
+             'lgmrec+mrdib', 'soil', 'soil+mrdib')
 STEPS = ('process', 'load', 'graphs') + BACKBONES
 RESULT = 'RESULT_JSON '
 
