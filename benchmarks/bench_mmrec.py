@@ -144,10 +144,22 @@ def ours(args, model, epochs, seed, patience, out_dir):
 #: in its constructor and loss whatever the configured device, which fails on a machine
 #: without a GPU; on such a machine this makes ``.cuda()`` a no-op. MMRec's models are
 #: otherwise run as they are.
+#: DualGNN creates ``result_embed = nn.Parameter(...).to(device)``: on a GPU ``.to`` returns a
+#: plain tensor, on the CPU the Parameter itself, which its forward then cannot overwrite
+#: with a tensor; the shim lets that assignment replace the parameter, as on a GPU.
 CPU_SHIM = """import torch
 if not torch.cuda.is_available():
     torch.Tensor.cuda = lambda self, *a, **k: self
     torch.nn.Module.cuda = lambda self, *a, **k: self
+    _setattr = torch.nn.Module.__setattr__
+
+    def _as_on_gpu(self, name, value):
+        params = self.__dict__.get('_parameters')
+        if (params is not None and name in params and isinstance(value, torch.Tensor)
+                and not isinstance(value, torch.nn.Parameter)):
+            del params[name]
+        _setattr(self, name, value)
+    torch.nn.Module.__setattr__ = _as_on_gpu
 """
 
 
@@ -177,7 +189,7 @@ def med(xs):
     return statistics.median(xs) if xs else float('nan')
 
 
-def speed(args):
+def speed(args, save=lambda rows: None):
     rows = []
     for model in args.models:
         o_train, o_eval, m_train, m_eval, o_rss, m_rss = [], [], [], [], [], []
@@ -202,6 +214,7 @@ def speed(args):
                      'ours_peak_rss_mib': max(o_rss), 'mmrec_peak_rss_mib': max(m_rss),
                      'samples': {'ours_train': o_train, 'mmrec_train': m_train,
                                  'ours_eval': o_eval, 'mmrec_eval': m_eval}})
+        save(rows)  # after every model: a later failure keeps what was measured
     header = ('model', 'ours s/epoch', 'MMRec s/epoch', 'ratio', 'ours s/eval',
               'MMRec s/eval', 'ratio', 'ours MiB', 'MMRec MiB')
     print('| ' + ' | '.join(header) + ' |\n|' + '---|' * len(header))
@@ -213,7 +226,7 @@ def speed(args):
     return rows
 
 
-def accuracy(args):
+def accuracy(args, save=lambda rows: None):
     rows = []
     for model in args.models:
         for seed in args.seeds:
@@ -228,6 +241,7 @@ def accuracy(args):
                    'mmrec_stop_counter': m.get('stop_counter'),
                    'ours_wall_s': o['wall_s'], 'mmrec_wall_s': m['wall_s']}
             rows.append(row)
+            save(rows)
             print(json.dumps(row), flush=True)
     print('| model | seed | ours R@20 | MMRec R@20 | rel. diff | ours N@20 | MMRec N@20 |')
     print('|---|---|---|---|---|---|---|')
@@ -262,14 +276,16 @@ def main():
         return
     if 'dualgnn' in args.models:
         write_user_graph_dict(os.path.join(args.root, args.name, 'raw'), args.name)
-    rows = speed(args) if args.mode == 'speed' else accuracy(args)
     sys.path.insert(0, str(HERE))
     from common import machine, write_json
     out = args.out or f'mmrec_{args.mode}.json'
-    write_json(out, {'mode': args.mode, 'machine': machine(), 'args': vars(args),
-                     'folder': os.path.join(args.root, args.name, 'raw'),
-                     'features': 'generated (make_baby_mmrec_format.py --seed 0)',
-                     'rows': rows})
+
+    def save(rows):
+        write_json(out, {'mode': args.mode, 'machine': machine(), 'args': vars(args),
+                         'folder': os.path.join(args.root, args.name, 'raw'),
+                         'features': 'generated (make_baby_mmrec_format.py --seed 0)',
+                         'rows': rows})
+    speed(args, save) if args.mode == 'speed' else accuracy(args, save)
 
 
 if __name__ == '__main__':
