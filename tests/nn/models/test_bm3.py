@@ -3,22 +3,18 @@ import torch
 import torch.nn.functional as F
 
 from mrdib_pyg.data.derived import UserItemGraph
-from mrdib_pyg.data.schema import build_heterodata
 from mrdib_pyg.nn.models.bm3 import BM3
 from mrdib_pyg.nn.models.registry import MODELS, model_defaults
 from mrdib_pyg.nn.mrdib import MRdIB
 from mrdib_pyg.nn.output import BPRBatch
 
-U, I = 12, 9
+from tests.nn.models.tiny import I, U, tiny_graph
+
 
 
 @pytest.fixture
 def data():
-    g = torch.Generator().manual_seed(0)
-    ei = torch.unique(torch.stack([torch.randint(U, (60, ), generator=g),
-                                   torch.randint(I, (60, ), generator=g)]), dim=1)
-    feats = {'image': torch.randn(I, 16, generator=g), 'text': torch.randn(I, 6, generator=g)}
-    return build_heterodata(U, I, ei, ei[:, :3], ei[:, 3:6], feats)
+    return tiny_graph()
 
 
 def batch(neg=None):

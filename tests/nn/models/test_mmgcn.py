@@ -2,27 +2,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mrdib_pyg.data.sampling import BPRBatch
-from mrdib_pyg.data.schema import build_heterodata
 from mrdib_pyg.nn.models.mmgcn import MMGCN
 from mrdib_pyg.nn.models.registry import MODELS, model_defaults
 from mrdib_pyg.nn.mrdib import MRdIB
 
-U, I = 12, 9
+from tests.nn.models.tiny import I, U, tiny_batch, tiny_graph
+
 
 
 @pytest.fixture
 def data():
-    g = torch.Generator().manual_seed(0)
-    ei = torch.unique(torch.stack([torch.randint(U, (60, ), generator=g),
-                                   torch.randint(I, (60, ), generator=g)]), dim=1)
-    feats = {'image': torch.randn(I, 16, generator=g), 'text': torch.randn(I, 6, generator=g)}
-    return build_heterodata(U, I, ei, ei[:, :3], ei[:, 3:6], feats)
+    return tiny_graph()
 
 
 def batch():
-    return BPRBatch(torch.tensor([0, 1, 2, 1]), torch.tensor([0, 1, 2, 1]),
-                    torch.tensor([3, 4, 5, 6]))
+    return tiny_batch()
 
 
 def make(data, seed=0, **kwargs):
