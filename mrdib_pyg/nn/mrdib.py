@@ -232,7 +232,11 @@ class MRdIB(nn.Module):
     shapes only the item-side modality representations: a remedy for backbones whose
     modality items pair with the same user table the backbone ranks with (FREEDOM, MGCN),
     where the heads otherwise pull that table towards the noisy modality predictions (see
-    ``docs/results.md``).
+    ``docs/results.md``). **Item side** (:obj:`item_grad`, ours): the gradient MRdIB sends
+    into the backbone's modality item representations :math:`x_m` is multiplied by
+    :obj:`item_grad` (1, the paper's, by default; 0 detaches them, so MRdIB trains only its
+    own heads and cannot change the backbone). The values of :math:`x_m` and of every term
+    are unchanged; only how strongly MRdIB reshapes the backbone is.
 
     The floor :math:`\phi` (:obj:`redundant_floor`, default 0) is ours: the mutual information
     is :math:`\ge 0`, so a DV value below zero only says the critic is momentarily behind;
@@ -297,6 +301,10 @@ class MRdIB(nn.Module):
             (default: :obj:`False`)
         critic_max_weight (float, optional): bound of MINE's moving-average gradient weight
             (:class:`~mrdib_pyg.nn.mine.MINECritic`). (default: :obj:`10.0`)
+        user_grad (bool, optional): let the heads' gradient reach the backbone's user
+            tables. (default: :obj:`True`)
+        item_grad (float, optional): scale in :math:`[0, 1]` of the gradient reaching the
+            backbone's modality item representations. (default: :obj:`1.0`)
     """
     #: Named ablations of the paper's Table 2, see :meth:`ablation`.
     ABLATIONS = frozenset({'full', 'wo_mib', 'wo_redundant', 'wo_unique', 'mib_only'})
@@ -316,7 +324,7 @@ class MRdIB(nn.Module):
                  encoder_hidden: Optional[int] = None, input_norm: str = 'scale',
                  logvar_bound: Optional[float] = 6.0, redundant_floor: Optional[float] = 0.0,
                  sample_without_kl: bool = False, critic_max_weight: float = 10.0,
-                 user_grad: bool = True):
+                 user_grad: bool = True, item_grad: float = 1.0):
         super().__init__()
         name = self.__class__.__name__
         self.modalities: List[str] = list(modality_dims)
@@ -349,6 +357,9 @@ class MRdIB(nn.Module):
         self.redundant_floor = None if redundant_floor is None else float(redundant_floor)
         self.sample_without_kl = bool(sample_without_kl)
         self.user_grad = bool(user_grad)
+        if not (math.isfinite(item_grad) and 0.0 <= item_grad <= 1.0):
+            raise ValueError(f"{name}: item_grad must be a number in [0, 1], got {item_grad}")
+        self.item_grad = float(item_grad)
         d = self.latent_dim
         self.encoders = nn.ModuleDict({
             _key(m): VariationalEncoder(self.modality_dims[m], d, encoder_hidden,
@@ -486,6 +497,15 @@ class MRdIB(nn.Module):
         return {m: self._posterior(m, reps[m] if items is None else reps[m][items])[0]
                 for m in self.modalities}
 
+    def _attach(self, x: Tensor) -> Tensor:
+        r""":obj:`x` unchanged in value, its gradient into the backbone scaled by
+        :attr:`item_grad` (1: as is; 0: detached)."""
+        if self.item_grad == 1.0 or not x.requires_grad:
+            return x
+        if self.item_grad == 0.0:
+            return x.detach()
+        return x.detach() + self.item_grad * (x - x.detach())
+
     def encode_batch(self, out: RecOutput, batch: BPRBatch) -> BatchEncoding:
         r"""Encodes every unique item of :obj:`batch` once and samples :math:`z_m` (the
         means in evaluation mode, or when :attr:`samples` is off)."""
@@ -495,7 +515,7 @@ class MRdIB(nn.Module):
         mine_rows = torch.unique(inverse[:B])
         mu, logvar, std, z = {}, {}, {}, {}
         for m in self.modalities:
-            mu[m], logvar[m] = self._posterior(m, out.modalities[m].item[items])
+            mu[m], logvar[m] = self._posterior(m, self._attach(out.modalities[m].item[items]))
             std[m] = torch.exp(0.5 * logvar[m])
             if self.training and self.samples:
                 z[m] = mu[m] + torch.randn_like(mu[m]) * std[m]

@@ -71,7 +71,8 @@ def build_mrdib(cfg: TrainConfig, model: Recommender) -> MRdIB:
         alpha2=o.alpha2, alpha3=o.alpha3, critic_hidden=o.critic_hidden,
         fusion_hidden=o.fusion_hidden, encoder_hidden=o.encoder_hidden,
         ema_decay=o.ema_decay, input_norm=o.input_norm, logvar_bound=o.logvar_bound,
-        redundant_floor=o.redundant_floor, user_grad=o.user_grad)
+        redundant_floor=o.redundant_floor, user_grad=o.user_grad,
+        item_grad=o.item_grad)
 
 
 def enable_replace_mode(model: Recommender, mrdib: MRdIB) -> None:

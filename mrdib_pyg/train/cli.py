@@ -40,6 +40,8 @@ HELP = {
     'replace': 'MRdIB replace mode (extension): fusion reads the encoder means',
     'user_grad': "MRdIB heads' gradient reaches the backbone's user tables (--no-user-grad "
                  "detaches them: MRdIB then shapes only the item-side modality tables)",
+    'item_grad': "scale in [0, 1] of MRdIB's gradient into the backbone's modality item "
+                 "representations (1: the paper's; 0: MRdIB cannot change the backbone)",
     'out_dir': 'write results.json, best.pt (best validation epoch) and last.pt (after every '
                'epoch, for --resume) here',
     'device': "'auto', 'cpu', 'cuda', 'cuda:1', ...",

@@ -201,6 +201,7 @@ class MRdIBOptions:
     ema_decay: float = 0.99                # MINE's moving average
     mi_probe_every: int = 0                # epochs between fresh-critic MI probes (0: off)
     user_grad: bool = True                 # False: the heads leave the user tables alone
+    item_grad: float = 1.0                 # scale of MRdIB's gradient into the modality items
 
     @classmethod
     def field_names(cls):
@@ -224,6 +225,7 @@ class MRdIBOptions:
             check(name, math.isfinite(getattr(self, name)) and getattr(self, name) >= 0,
                   'a finite number >= 0')
         check('ema_decay', 0 <= self.ema_decay < 1, 'a number in [0, 1)')
+        check('item_grad', 0 <= self.item_grad <= 1, 'a number in [0, 1]')
         check('logvar_bound', self.logvar_bound is None or self.logvar_bound > 0,
               'a number > 0, or none')
         check('redundant_floor', self.redundant_floor is None

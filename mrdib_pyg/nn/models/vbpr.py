@@ -1,5 +1,5 @@
 r"""VBPR with its content projection split per modality."""
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -65,21 +65,36 @@ class VBPR(MultimodalRecommender):
         nn.init.xavier_normal_(self.item_linear.weight)
         nn.init.zeros_(self.item_linear.bias)
 
-    def modality_projections(self) -> Dict[str, Tensor]:
-        r""":math:`W_m \mathbf{f}^m` for every modality, :obj:`[I, d]` each."""
+    def modality_projections(self, items: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        r""":math:`W_m \mathbf{f}^m` for every modality, :obj:`[I, d]` each (only the rows of
+        :obj:`items` when given)."""
         weights = self.item_linear.weight.split(self.dims, dim=1)
-        return {name: F.linear(self.feature(name), w)
+        return {name: F.linear(self.feature(name) if items is None
+                               else self.feature(name).index_select(0, items), w)
                 for name, w in zip(self.modalities, weights)}
 
-    def forward(self) -> RecOutput:
-        reps = self.modality_projections()
+    def forward(self, items: Optional[Tensor] = None) -> RecOutput:
+        r"""The full tables, or with :obj:`items` the item rows of those items only (in
+        that order; the user table stays whole)."""
+        reps = self.modality_projections(items)
         fused_in = self.apply_modality_hook(reps)
         content = torch.stack([fused_in[n] for n in self.modalities]).sum(0) + self.item_linear.bias
-        item = torch.cat([self.item_emb, content], dim=-1)
+        ids = self.item_emb if items is None else self.item_emb.index_select(0, items)
+        item = torch.cat([ids, content], dim=-1)
         theta = self.user_emb[:, self.embedding_dim:]
         return RecOutput(user=self.user_emb, item=item,
                          modalities={n: ModalityOutput(item=reps[n]) for n in self.modalities},
                          modality_user=theta)
+
+    def forward_batch(self, batch: BPRBatch) -> Tuple[RecOutput, BPRBatch]:
+        r"""Projects only the batch's unique items (MMRec projects all of them every batch):
+        the loss, its gradients and every plug-in's terms are the same, since no other item
+        row enters them, and the projection costs a fraction (on Baby, about 3,300 of
+        7,050 items per batch of 2,048 triples). The batch comes back re-indexed into
+        those rows."""
+        items, inverse = torch.unique(torch.cat([batch.pos, batch.neg]), return_inverse=True)
+        B = batch.pos.numel()
+        return self.forward(items), BPRBatch(batch.users, inverse[:B], inverse[B:])
 
     def regularizer(self, out: RecOutput, batch: BPRBatch) -> Tensor:
         return self.reg_weight * emb_loss(

@@ -116,3 +116,35 @@ def test_short_run_beats_popularity(small, name):
     result = Trainer(build_model(cfg, small), small, cfg).fit()
     pop = popularity_recall(small)
     assert result.test_at_best['Recall@20'] > pop, (name, result.test_at_best, pop)
+
+
+
+def _loss_and_grads(model, mrdib, step, seed):
+    seed_everything(seed)
+    out, b = step(model)
+    loss = model.loss(out, b)
+    if mrdib is not None:
+        loss = loss + mrdib(out, b).loss
+    loss.backward()
+    params = list(model.parameters()) + (list(mrdib.parameters()) if mrdib is not None else [])
+    return loss.detach(), [p.grad for p in params]
+
+
+@pytest.mark.parametrize('name', sorted(MODELS))
+def test_forward_batch_trains_as_the_full_tables(tiny, name):
+    # A backbone may compute only the rows a batch needs (VBPR projects the batch's items);
+    # its loss, MRdIB's terms on it and every gradient must be those of the full tables.
+    def build():  # twice, identically (same parameters and RNG states inside)
+        model = make(name, tiny)
+        model.pre_epoch(0)
+        return model, MRdIB.from_output(model()) if model.multimodal else None
+
+    b = batch(tiny, n=24)
+    (model, mrdib), (twin, twin_mrdib) = build(), build()
+    full = _loss_and_grads(model, mrdib, lambda m: (m(), b), seed=11)
+    part = _loss_and_grads(twin, twin_mrdib, lambda m: m.forward_batch(b), seed=11)
+    assert torch.allclose(full[0], part[0], rtol=1e-5, atol=1e-6)
+    for g_full, g_part in zip(full[1], part[1]):
+        assert (g_full is None) == (g_part is None)
+        if g_full is not None:
+            assert torch.allclose(g_full, g_part, rtol=1e-4, atol=1e-6)
