@@ -39,16 +39,18 @@ def info_nce(view1: Tensor, view2: Tensor, temperature: float) -> Tensor:
              {\sum_{k} \exp(\hat{\mathbf{a}}_n^\top \hat{\mathbf{b}}_k / \tau)},
         \qquad \hat{\mathbf{a}} = \mathbf{a} / \|\mathbf{a}\|
 
-    Computed as a cross-entropy over the :math:`B \times B` cosine logits (the log-sum-exp
-    form of the same value; MMRec takes the log of a ratio of exponentials). Rows are used
-    as given: a user drawn twice in a batch is its own negative, as in MMRec.
+    Computed in the log-sum-exp form of the same value (MMRec takes the log of a ratio of
+    exponentials): :math:`\log\sum_k \exp(\cdot)` over the :math:`B \times B` logits minus
+    the matched pair's logit, which is a row-wise dot product; :math:`1/\tau` scales the
+    :obj:`[B, d]` anchors before the product, so no :math:`B \times B` division, one-hot
+    target or gather is computed. Rows are used as given: a user drawn twice in a batch is
+    its own negative, as in MMRec.
 
     Args:
         view1 (Tensor): :obj:`[B, d]` anchors.
         view2 (Tensor): :obj:`[B, d]` positives (row-aligned) and in-batch negatives.
         temperature (float): :math:`\tau`.
     """
-    a = F.normalize(view1, dim=1)
+    a = F.normalize(view1, dim=1) * (1.0 / temperature)
     b = F.normalize(view2, dim=1)
-    logits = a @ b.t() / temperature
-    return F.cross_entropy(logits, torch.arange(a.size(0), device=a.device))
+    return (torch.logsumexp(a @ b.t(), dim=1) - (a * b).sum(-1)).mean()
