@@ -62,6 +62,14 @@ SETTINGS = {
                ('LGMRec', ['n_ui_layers=2', 'n_mm_layers=2', 'n_hyper_layer=1', 'hyper_num=4',
                            'keep_rate=0.5', 'alpha=0.3', 'cl_weight=0.0001',
                            'reg_weight=0.000001'])),
+    # Ranking as MMRec's DualGNN and GRCN do: with the last training batch's tables (no
+    # forward pass at evaluation); the reference side is the same run as above.
+    'dualgnn-lastfwd': (('dualgnn', ['reg_weight=0.1', 'score_last_train_forward=True'],
+                         ['--lr', '0.1']),
+                        ('DualGNN', ['aggr_mode=add', 'reg_weight=0.1', 'learning_rate=0.1'])),
+    'grcn-lastfwd': (('grcn', ['reg_weight=0.1', 'score_last_train_forward=True'],
+                      ['--lr', '1.0']),
+                     ('GRCN', ['reg_weight=0.1', 'learning_rate=1'])),
     # SOIL is not in MMRec: its authors' models/soil.py (+ utils, yaml) copied into the
     # MMRec copy (benchmarks/equivalence/soil.py does it); knn_i/knn_a: its Baby values.
     'soil': (('soil', ['cl_loss=0.001', 'cl_loss2=0.001'], []),
@@ -274,7 +282,7 @@ def main():
     if not Path(args.mmrec_src).is_dir() or not (TOOLS / 'fit.py').exists():
         print(f'skipped: no MMRec copy at {args.mmrec_src} (see the docstring)')
         return
-    if 'dualgnn' in args.models:
+    if any(m.startswith('dualgnn') for m in args.models):
         write_user_graph_dict(os.path.join(args.root, args.name, 'raw'), args.name)
     sys.path.insert(0, str(HERE))
     from common import machine, write_json
