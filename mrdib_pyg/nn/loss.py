@@ -43,7 +43,8 @@ def info_nce(view1: Tensor, view2: Tensor, temperature: float) -> Tensor:
     exponentials): :math:`\log\sum_k \exp(\cdot)` over the :math:`B \times B` logits minus
     the matched pair's logit, which is a row-wise dot product; :math:`1/\tau` scales the
     :obj:`[B, d]` anchors before the product, so no :math:`B \times B` division, one-hot
-    target or gather is computed. Rows are used as given: a user drawn twice in a batch is
+    target or gather is computed; as the logits are bounded by :math:`1/\tau`, the
+    log-sum-exp needs no max shift for :math:`\tau \ge 0.02` (one exponential pass). Rows are used as given: a user drawn twice in a batch is
     its own negative, as in MMRec.
 
     Args:
@@ -53,4 +54,9 @@ def info_nce(view1: Tensor, view2: Tensor, temperature: float) -> Tensor:
     """
     a = F.normalize(view1, dim=1) * (1.0 / temperature)
     b = F.normalize(view2, dim=1)
-    return (torch.logsumexp(a @ b.t(), dim=1) - (a * b).sum(-1)).mean()
+    logits = a @ b.t()
+    if temperature >= 0.02:  # cosine logits lie in [-1/tau, 1/tau]: exp cannot overflow
+        log_partition = logits.exp().sum(1).log()
+    else:
+        log_partition = torch.logsumexp(logits, dim=1)
+    return (log_partition - (a * b).sum(-1)).mean()
