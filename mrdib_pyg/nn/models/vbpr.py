@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mrdib_pyg.data.sampling import BPRBatch
-from mrdib_pyg.nn.loss import emb_loss
+from mrdib_pyg.nn.loss import bpr_loss, emb_loss
 from mrdib_pyg.nn.models.base import MultimodalRecommender
 from mrdib_pyg.nn.models.registry import register_model
 from mrdib_pyg.nn.output import ModalityOutput, RecOutput
@@ -97,9 +97,18 @@ class VBPR(MultimodalRecommender):
         return self.forward(items), BPRBatch(batch.users, inverse[:B], inverse[B:])
 
     def regularizer(self, out: RecOutput, batch: BPRBatch) -> Tensor:
-        return self.reg_weight * emb_loss(
-            [out.user[batch.users], out.item[batch.pos], out.item[batch.neg]],
-            batch.users.numel())
+        return self._reg([out.user[batch.users], out.item[batch.pos], out.item[batch.neg]],
+                         batch)
+
+    def _reg(self, rows, batch: BPRBatch) -> Tensor:
+        return self.reg_weight * emb_loss(rows, batch.users.numel())
+
+    def loss(self, out: RecOutput, batch: BPRBatch) -> Tensor:
+        r"""BPR + :meth:`regularizer`, with each row gathered once for both (the same value
+        as the base class's; one gather of the user table fewer, whose backward zero-fills
+        the whole table)."""
+        u, pos, neg = out.user[batch.users], out.item[batch.pos], out.item[batch.neg]
+        return bpr_loss((u * pos).sum(-1), (u * neg).sum(-1)) + self._reg([u, pos, neg], batch)
 
     def extra_repr(self) -> str:
         return f'{super().extra_repr()}, embedding_dim={self.embedding_dim}'

@@ -95,3 +95,18 @@ def test_mmrec_regularisers(data):
     expected = 0.5 * (lg.user_emb[b.users].norm() + lg.item_emb[b.pos].norm()
                       + lg.item_emb[b.neg].norm()) / 3
     assert torch.allclose(lg.regularizer(out, b), expected)
+
+
+def test_vbpr_loss_gathers_once_with_the_base_class_value_and_gradients(data):
+    from mrdib_pyg.nn.models.base import Recommender
+    model = VBPR.from_data(data)
+    b = batch()
+    grads = []
+    for loss_fn in (model.loss, lambda o, bb: Recommender.loss(model, o, bb)):
+        model.zero_grad()
+        out = model()
+        loss = loss_fn(out, b)
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert torch.allclose(grads[0][0], grads[1][0])
+    assert all(torch.allclose(x, y, atol=1e-7) for x, y in zip(grads[0][1], grads[1][1]))
