@@ -5,7 +5,8 @@ For every (dataset, backbone, variant, seed) the library's trainer runs to early
 validation Recall@20 and the test metrics at the best validation epoch are collected.
 Variants: ``bare``; ``paper`` (+ MRdIB at the paper's alphas 0.005 / 0.05 / 0.005); and
 ``selected`` (+ MRdIB at alphas chosen on VALIDATION by ``mrdib-search``, read from
-``--selected FILE`` with a JSON mapping ``"dataset/backbone" -> {"alpha1": .., ...}``).
+``--selected FILE`` with a JSON mapping ``"dataset/backbone" -> {"alpha1": .., ...}``; other
+MRdIB options the search selected, e.g. ``item_grad``, may sit beside the alphas).
 The table reports mean ± std over seeds, the relative gain of the mean over bare, and whether
 the gain exceeds the seed spread (|difference of means| > the larger std).
 
@@ -121,7 +122,9 @@ def main():
                                              else ''),
                        'backbone': backbone, 'variant': variant,
                        'alphas': '' if variant == 'bare' else
-                       '/'.join(f'{alphas[k]:g}' for k in ('alpha1', 'alpha2', 'alpha3'))}
+                       '/'.join(f'{alphas[k]:g}' for k in ('alpha1', 'alpha2', 'alpha3'))
+                       + ''.join(f', {k}={v:g}' for k, v in alphas.items()
+                                 if k not in ('alpha1', 'alpha2', 'alpha3'))}
                 for m in METRICS:
                     mean, std = stats[m]
                     row[m] = f'{mean:.4f} ± {std:.4f}'

@@ -8,7 +8,8 @@ Variants (MRdIB options over the paper's alphas 0.005 / 0.05 / 0.005):
 * ``no_user_grad``: the heads leave the backbone's user tables alone;
 * ``item_grad_0.1``, ``item_grad_0``: MRdIB's gradient into the modality item tables scaled
   by 0.1 / cut (0 with ``no_user_grad`` is a backbone MRdIB cannot touch: a control);
-* ``latent_16``: a narrower latent (the paper's "latent width" question).
+* ``latent_16``: a narrower latent (the paper's "latent width" question);
+* ``selected_mgcn``: the setting ``mrdib-search`` selected on validation for planted MGCN.
 
 Runs go to ``--runs-dir`` (a finished run is not repeated: the script resumes) and the summary
 (best epoch, test Recall@20/NDCG@20 at the best validation epoch, validation Recall@20 per
@@ -44,6 +45,8 @@ VARIANTS = {
     'item_grad_0': dict(item_grad=0.0),
     'item_grad_0_no_user_grad': dict(item_grad=0.0, user_grad=False),
     'latent_16': dict(latent_dim=16),
+    # what mrdib-search selected on validation for planted MGCN (same 30-epoch protocol)
+    'selected_mgcn': dict(alpha1=0.01, alpha2=1e-4, alpha3=0.01, item_grad=0.1),
 }
 
 

@@ -1,5 +1,5 @@
 r"""FREEDOM: a frozen item–item graph and a degree-sensitively pruned user–item graph."""
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -224,11 +224,30 @@ class FREEDOM(MultimodalRecommender):
             adj = self.pruning(self.pruning_generator(epoch))
             self.train_graph = SparseOperator(adj, symmetric=True, backend=self.backend)
 
-    def modality_projections(self) -> Dict[str, Tensor]:
-        r""":math:`W_m \mathbf{f}^m + b_m` for every modality, :obj:`[I, d]` each."""
-        return {m: self.trs[m](self.feature(m)) for m in self.modalities}
+    def modality_projections(self, items: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        r""":math:`W_m \mathbf{f}^m + b_m` for every modality, :obj:`[I, d]` each (only the
+        rows of :obj:`items` when given)."""
+        return {m: self.trs[m](self.feature(m) if items is None
+                               else self.feature(m).index_select(0, items))
+                for m in self.modalities}
 
-    def forward(self) -> RecOutput:
+    def forward_batch(self, batch: BPRBatch) -> Tuple[RecOutput, BPRBatch]:
+        r"""The propagated tables as :meth:`forward`, but the modality projections of the
+        batch's unique items only (their rows are all the loss and a plug-in read; MMRec
+        projects every item's 4096-d features each batch, also at :obj:`reg_weight=0`,
+        where nothing uses them). The item tables come back restricted to those items and
+        the batch re-indexed into them; the loss and every gradient are unchanged."""
+        items, inverse = torch.unique(torch.cat([batch.pos, batch.neg]), return_inverse=True)
+        B = batch.pos.numel()
+        out = self.forward(project=False)
+        reps = self.modality_projections(items)
+        return (RecOutput(user=out.user, item=out.item.index_select(0, items),
+                          modalities={m: ModalityOutput(item=reps[m]) for m in self.modalities}),
+                BPRBatch(batch.users, inverse[:B], inverse[B:]))
+
+    def forward(self, project: bool = True) -> RecOutput:
+        r"""The full tables; :obj:`project=False` leaves out the modality projections (an
+        empty :attr:`RecOutput.modalities`)."""
         if not self.training or self.pruning is None:
             graph = self.graph
         else:
@@ -238,9 +257,9 @@ class FREEDOM(MultimodalRecommender):
         h = self.mm_propagation(self.item_emb, self.item_graph)
         x = torch.cat([self.user_emb, self.item_emb], dim=0)
         user, item = self.ui_propagation(x, graph).split([self.num_users, self.num_items])
-        reps = self.modality_projections()
+        reps = self.modality_projections() if project else {}
         return RecOutput(user=user, item=item + h,
-                         modalities={m: ModalityOutput(item=reps[m]) for m in self.modalities})
+                         modalities={m: ModalityOutput(item=x) for m, x in reps.items()})
 
     def loss(self, out: RecOutput, batch: BPRBatch) -> Tensor:
         r""":math:`\mathrm{BPR}(\mathbf{u}, \mathbf{i}) + \lambda\sum_m
