@@ -188,6 +188,19 @@ def main() -> int:
                 record(f'(c) {tag} gradients, B={B}, same seed (max over '
                        f'{len(param_pairs(model, mm))} tensors)', worst,
                        note=f'largest on {name}')
+                # the trainer's path: projections of the batch's items only
+                model.zero_grad()
+                torch.manual_seed(100 + k)
+                # (forward_batch encodes the negatives too, for plug-ins: in-range ids here)
+                fb = to_batch(b)._replace(neg=b[1])
+                loss_fb = model.loss(*model.forward_batch(fb))
+                loss_fb.backward()
+                record(f'(c) {tag} loss, B={B}, same seed, forward_batch (trainer path)',
+                       maxdiff(loss_fb, loss_mm))
+                worst = max(maxdiff(ours.grad, theirs.grad)
+                            for _, ours, theirs in param_pairs(model, mm)
+                            if ours.grad is not None)
+                record(f'(c) {tag} gradients, B={B}, same seed, forward_batch', worst)
 
             # (d) the target dropout on independent streams
             with torch.no_grad():
