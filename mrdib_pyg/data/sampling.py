@@ -1,5 +1,5 @@
 r"""BPR mini-batches with MMRec's negative sampling, vectorised."""
-from typing import Any, Dict, Iterator, NamedTuple
+from typing import Any, Dict, Iterator, NamedTuple, Tuple
 
 import torch
 from torch import Tensor
@@ -14,6 +14,15 @@ class BPRBatch(NamedTuple):
 
     def to(self, device) -> 'BPRBatch':
         return BPRBatch(*(t.to(device, non_blocking=True) for t in self))
+
+    def reindex_items(self) -> Tuple[Tensor, 'BPRBatch']:
+        r"""The distinct items of :obj:`pos` :math:`\cup` :obj:`neg` (sorted) and the batch
+        with its items replaced by their rows in that list: for a backbone that computes
+        item rows for the batch's items only (:meth:`Recommender.forward_batch
+        <mrdib_pyg.nn.models.Recommender.forward_batch>`)."""
+        items, inverse = torch.unique(torch.cat([self.pos, self.neg]), return_inverse=True)
+        B = self.pos.numel()
+        return items, BPRBatch(self.users, inverse[:B], inverse[B:])
 
 
 class BPRSampler:

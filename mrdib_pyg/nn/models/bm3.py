@@ -188,15 +188,14 @@ class BM3(MultimodalRecommender):
         see :class:`~mrdib_pyg.nn.conv.LatentBootstrap`). The item tables come back
         restricted to those items and the batch re-indexed into them; the loss, its random
         draws and every gradient are unchanged."""
-        items, inverse = torch.unique(torch.cat([batch.pos, batch.neg]), return_inverse=True)
-        B = batch.pos.numel()
+        items, batch = batch.reindex_items()
         user, item = self.online()
         reps = self.modality_projections(items)
         out = RecOutput(user=self.bootstrap.predict(user),
                         item=self.bootstrap.predict(item.index_select(0, items)),
                         modalities={m: ModalityOutput(item=reps[m]) for m in self.modalities},
                         extras={'user_online': user, 'item_online': item, 'item_ids': items})
-        return out, BPRBatch(batch.users, inverse[:B], inverse[B:])
+        return out, batch
 
     def forward(self) -> RecOutput:
         user, item = self.online()

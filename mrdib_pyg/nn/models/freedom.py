@@ -237,13 +237,12 @@ class FREEDOM(MultimodalRecommender):
         projects every item's 4096-d features each batch, also at :obj:`reg_weight=0`,
         where nothing uses them). The item tables come back restricted to those items and
         the batch re-indexed into them; the loss and every gradient are unchanged."""
-        items, inverse = torch.unique(torch.cat([batch.pos, batch.neg]), return_inverse=True)
-        B = batch.pos.numel()
+        items, batch = batch.reindex_items()
         out = self.forward(project=False)
         reps = self.modality_projections(items)
         return (RecOutput(user=out.user, item=out.item.index_select(0, items),
                           modalities={m: ModalityOutput(item=reps[m]) for m in self.modalities}),
-                BPRBatch(batch.users, inverse[:B], inverse[B:]))
+                batch)
 
     def forward(self, project: bool = True) -> RecOutput:
         r"""The full tables; :obj:`project=False` leaves out the modality projections (an

@@ -92,9 +92,8 @@ class VBPR(MultimodalRecommender):
         row enters them, and the projection costs a fraction (on Baby, about 3,300 of
         7,050 items per batch of 2,048 triples). The batch comes back re-indexed into
         those rows."""
-        items, inverse = torch.unique(torch.cat([batch.pos, batch.neg]), return_inverse=True)
-        B = batch.pos.numel()
-        return self.forward(items), BPRBatch(batch.users, inverse[:B], inverse[B:])
+        items, batch = batch.reindex_items()
+        return self.forward(items), batch
 
     def regularizer(self, out: RecOutput, batch: BPRBatch) -> Tensor:
         return self._reg([out.user[batch.users], out.item[batch.pos], out.item[batch.neg]],
