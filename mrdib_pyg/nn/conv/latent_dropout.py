@@ -141,9 +141,7 @@ class LatentBootstrap(nn.Module):
 
     def forward(self, user: Tensor, item: Tensor, users: Tensor, items: Tensor,
                 modalities: Optional[Mapping[str, Tensor]] = None,
-                modality_rows: Optional[Mapping[str, Tensor]] = None,
-                modality_ids: Optional[Tensor] = None,
-                modality_index: Optional[Tensor] = None) -> BootstrapTerms:
+                modality_rows: Optional[Mapping[str, Tensor]] = None) -> BootstrapTerms:
         r"""The alignment terms on a batch.
 
         Args:
@@ -156,13 +154,6 @@ class LatentBootstrap(nn.Module):
                 same tables' rows at :obj:`items`, when the caller has them cheaper than by
                 indexing (e.g. projecting only the batch's feature rows, so that the
                 backward pass skips the other items). (default: :obj:`modalities[m][items]`)
-            modality_ids (Tensor, optional): :math:`(N)` the item ids of the rows of
-                :obj:`modalities`, when those tables hold only some items (e.g. a batch's);
-                :obj:`None`: they are full tables. The target view's dropout mask is still
-                drawn for all :math:`I` = :obj:`item.size(0)` rows, so the random stream
-                and every value are those of the full tables.
-            modality_index (Tensor, optional): :math:`(B)` the row of each of :obj:`items`
-                in such partial tables (needed with :obj:`modality_ids`).
         """
         modalities = dict(modalities or {})
         rows = dict(modality_rows or {})
@@ -173,26 +164,14 @@ class LatentBootstrap(nn.Module):
         # MMRec's order of random draws: user, item, then each modality.
         user_t = latent_dropout(user, self.dropout)
         item_t = latent_dropout(item, self.dropout)
-        if modality_ids is None:
-            at = items
-            mod_t = {m: latent_dropout(x, self.dropout)[items] for m, x in modalities.items()}
-        else:
-            if modality_index is None:
-                raise ValueError(f"'{self.__class__.__name__}': modality_ids needs "
-                                 f"modality_index (the rows of the batch's items)")
-            at = modality_index
-            # F.dropout multiplies by its noise: the noise of a full table of ones, at the
-            # batch's rows, is the full table's mask there (the same draws, the same values).
-            mod_t = {m: x.detach()[at] * latent_dropout(
-                x.new_ones(item.size(0), x.size(1)), self.dropout)[modality_ids[at]]
-                for m, x in modalities.items()}
+        mod_t = {m: latent_dropout(x, self.dropout) for m, x in modalities.items()}
         item_t_rows = item_t[items]
         pu, pi = self.predict(user[users]), self.predict(item[items])
         mod_item, mod_self = {}, {}
         for m, x in modalities.items():
-            px = self.predict(rows[m] if m in rows else x[at])
+            px = self.predict(rows[m] if m in rows else x[items])
             mod_item[m] = cosine_alignment(px, item_t_rows)
-            mod_self[m] = cosine_alignment(px, mod_t[m])
+            mod_self[m] = cosine_alignment(px, mod_t[m][items])
         return BootstrapTerms(user_item=cosine_alignment(pu, item_t_rows),
                               item_user=cosine_alignment(pi, user_t[users]),
                               modality_item=mod_item, modality_self=mod_self)

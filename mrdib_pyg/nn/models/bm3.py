@@ -1,6 +1,6 @@
 r"""BM3: LightGCN tables and projected modality features trained by negative-free
 bootstrap alignment."""
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -173,29 +173,9 @@ class BM3(MultimodalRecommender):
         user, item = self.propagation(x, self.graph).split([self.num_users, self.num_items])
         return user, item + self.item_emb
 
-    def modality_projections(self, items: Optional[Tensor] = None) -> Dict[str, Tensor]:
-        r""":math:`W_m \mathbf{f}^m + \mathbf{b}_m` for every modality, :obj:`[I, d]` each (only
-        the rows of :obj:`items` when given)."""
-        return {m: self.trs[m](self.feature(m) if items is None
-                               # index_select: a plain row gather (faster than indexing)
-                               else self.feature(m).index_select(0, items))
-                for m in self.modalities}
-
-    def forward_batch(self, batch: BPRBatch) -> Tuple[RecOutput, BPRBatch]:
-        r"""The online tables as :meth:`forward`, the modality projections of the batch's
-        unique items only (MMRec projects every item's features each batch; the loss reads
-        the batch's rows, and the target view's dropout mask is still drawn for every item,
-        see :class:`~mrdib_pyg.nn.conv.LatentBootstrap`). The item tables come back
-        restricted to those items and the batch re-indexed into them; the loss, its random
-        draws and every gradient are unchanged."""
-        items, batch = batch.reindex_items()
-        user, item = self.online()
-        reps = self.modality_projections(items)
-        out = RecOutput(user=self.bootstrap.predict(user),
-                        item=self.bootstrap.predict(item.index_select(0, items)),
-                        modalities={m: ModalityOutput(item=reps[m]) for m in self.modalities},
-                        extras={'user_online': user, 'item_online': item, 'item_ids': items})
-        return out, batch
+    def modality_projections(self) -> Dict[str, Tensor]:
+        r""":math:`W_m \mathbf{f}^m + \mathbf{b}_m` for every modality, :obj:`[I, d]` each."""
+        return {m: self.trs[m](self.feature(m)) for m in self.modalities}
 
     def forward(self) -> RecOutput:
         user, item = self.online()
@@ -208,12 +188,6 @@ class BM3(MultimodalRecommender):
     def alignment_terms(self, out: RecOutput, batch: BPRBatch) -> BootstrapTerms:
         r"""The bootstrap alignment terms of :obj:`batch`'s (user, positive) pairs (draws
         the target dropout masks)."""
-        modalities = {m: out.modalities[m].item for m in self.modalities}
-        ids = out.extras.get('item_ids')
-        if ids is not None:  # tables of the batch's items (forward_batch): rows are at hand
-            return self.bootstrap(out.extras['user_online'], out.extras['item_online'],
-                                  batch.users, ids[batch.pos], modalities,
-                                  modality_ids=ids, modality_index=batch.pos)
         items = batch.pos
         rows = None
         uniq, inverse = torch.unique(items, return_inverse=True)
@@ -227,7 +201,8 @@ class BM3(MultimodalRecommender):
             rows = {m: self.trs[m](self.feature(m).index_select(0, uniq))[inverse]
                     for m in self.modalities}
         return self.bootstrap(out.extras['user_online'], out.extras['item_online'],
-                              batch.users, items, modalities, rows)
+                              batch.users, items,
+                              {m: out.modalities[m].item for m in self.modalities}, rows)
 
     def regularizer(self, out: RecOutput, batch: BPRBatch) -> Tensor:
         r""":math:`\lambda_{\text{reg}}` times MMRec's ``EmbLoss`` of the full online

@@ -129,29 +129,6 @@ def test_modality_rows_give_the_same_terms_and_gradients():
     assert feats.grad[untouched].abs().sum() == 0
 
 
-def test_partial_modality_tables_give_the_full_tables_terms_and_draws():
-    # Tables of some items only (a batch's): the target's mask is drawn for all I rows,
-    # so every term equals the full tables' under the same seed.
-    boot = LatentBootstrap(D, dropout=0.4)
-    user, item, mods = tables()
-    ids = torch.tensor([0, 1, 4])  # the distinct items of ITEMS = [1, 4, 0, 1]
-    index = torch.tensor([1, 2, 0, 1])  # each of ITEMS's row in the partial tables
-    torch.manual_seed(5)
-    full = boot(user, item, USERS, ITEMS, mods)
-    after_full = torch.rand(3)
-    torch.manual_seed(5)
-    part = boot(user, item, USERS, ITEMS, {m: x[ids] for m, x in mods.items()},
-                modality_ids=ids, modality_index=index)
-    after_part = torch.rand(3)
-    for m in mods:
-        assert torch.equal(full.modality_self[m], part.modality_self[m])
-        assert torch.equal(full.modality_item[m], part.modality_item[m])
-    assert torch.equal(full.user_item, part.user_item)
-    assert torch.equal(after_full, after_part)  # the same random stream consumed
-    with pytest.raises(ValueError, match='modality_index'):
-        boot(user, item, USERS, ITEMS, {m: x[ids] for m, x in mods.items()}, modality_ids=ids)
-
-
 def test_targets_carry_no_gradient():
     boot = LatentBootstrap(D, dropout=0.3)
     user, item, _ = tables()
