@@ -9,7 +9,9 @@ Variants (MRdIB options over the paper's alphas 0.005 / 0.05 / 0.005):
 * ``item_grad_0.1``, ``item_grad_0``: MRdIB's gradient into the modality item tables scaled
   by 0.1 / cut (0 with ``no_user_grad`` is a backbone MRdIB cannot touch: a control);
 * ``latent_16``: a narrower latent (the paper's "latent width" question);
-* ``selected_mgcn``: the setting ``mrdib-search`` selected on validation for planted MGCN.
+* ``selected_mgcn``: the setting ``mrdib-search`` selected on validation for planted MGCN;
+* ``attach_purified``: MRdIB on MGCN's purified modality tables before the item–item
+  propagation (``modality_output='purified'``), the paper's alphas.
 
 Runs go to ``--runs-dir`` (a finished run is not repeated: the script resumes) and the summary
 (best epoch, test Recall@20/NDCG@20 at the best validation epoch, validation Recall@20 per
@@ -47,6 +49,8 @@ VARIANTS = {
     'latent_16': dict(latent_dim=16),
     # what mrdib-search selected on validation for planted MGCN (same 30-epoch protocol)
     'selected_mgcn': dict(alpha1=0.01, alpha2=1e-4, alpha3=0.01, item_grad=0.1),
+    # another attachment point: MGCN's purified tables before the item-item propagation
+    'attach_purified': dict(model_args=dict(modality_output='purified')),
 }
 
 
@@ -57,8 +61,10 @@ def one_run(backbone: str, variant: str, seed: int, args) -> dict:
     opts = dict(DATASET_OPTIONS['planted'], model=backbone, seed=seed, progress=False,
                 device=args.device, epochs=args.epochs, patience=args.patience,
                 out_dir=str(path.parent))
-    mrdib = VARIANTS[variant]
+    mrdib = None if VARIANTS[variant] is None else dict(VARIANTS[variant])
     if mrdib is not None:
+        if 'model_args' in mrdib:
+            opts['model_args'] = mrdib.pop('model_args')
         opts['mrdib'] = dict(PAPER, **mrdib)
     result = run(TrainConfig.preset(backbone, 'synthetic').update(opts)).to_dict()
     print(f'{backbone}/{variant}/s{seed}: best epoch {result["best_epoch"]}, '

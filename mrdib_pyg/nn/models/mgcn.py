@@ -80,6 +80,10 @@ class MGCN(MultimodalRecommender):
     :obj:`ModalityOutput(item=X^m_I, user=X^m_U)`, the purified, propagated item table of
     the modality and the user table MGCN derives from it with :math:`\hat{R}` — the
     representations the fuser reads, before any mixing across modalities.
+    :obj:`modality_output='purified'` hands out the purified table *before* the item–item
+    propagation instead (:math:`\mathbf{E}_I \odot \sigma(\cdot)`, with
+    :math:`\hat{R}` times it as the user side): another attachment point for a plug-in
+    (our choice; the model and its scores are the same either way).
 
     MMRec's defaults (``MGCN.yaml``, first value of the ``cl_loss`` grid): embedding 64,
     :obj:`n_ui_layers=2`, :obj:`n_layers=1`, :obj:`knn_k=10`, :obj:`reg_weight=1e-4`,
@@ -140,6 +144,9 @@ class MGCN(MultimodalRecommender):
         reg_batch_size (int, optional): divide the L2 term by this instead of the batch's
             size (MMRec: 2048). (default: :obj:`None`)
         order (list, optional): the modality order (default: MMRec's, text first).
+        modality_output (str, optional): the per-modality tables handed to plug-ins,
+            :obj:`'propagated'` or :obj:`'purified'` (see above). (default:
+            :obj:`'propagated'`)
         backend (str, optional): sparse backend of
             :class:`~mrdib_pyg.nn.conv.SparseOperator`. (default: :obj:`'csr'`)
     """
@@ -151,7 +158,7 @@ class MGCN(MultimodalRecommender):
                  knn_k: int = 10, reg_weight: float = 1e-4, cl_loss: float = 1e-3,
                  cl_temperature: float = 0.2, freeze_features: bool = False,
                  reg_batch_size: Optional[int] = None, order: Optional[Sequence[str]] = None,
-                 backend: str = 'csr'):
+                 modality_output: str = 'propagated', backend: str = 'csr'):
         super().__init__(num_users, num_items, features, order)
         name = self.__class__.__name__
         if sorted(item_graphs) != sorted(self.modalities):
@@ -167,6 +174,10 @@ class MGCN(MultimodalRecommender):
                              f"(got {reg_batch_size})")
         if cl_temperature <= 0:
             raise ValueError(f"'{name}' needs cl_temperature > 0 (got {cl_temperature})")
+        if modality_output not in ('propagated', 'purified'):
+            raise ValueError(f"'{name}' needs modality_output 'propagated' or 'purified' "
+                             f"(got {modality_output!r})")
+        self.modality_output = modality_output
         self.embedding_dim = embedding_dim
         self.knn_k = knn_k
         self.reg_weight = reg_weight
@@ -232,18 +243,20 @@ class MGCN(MultimodalRecommender):
     def forward(self) -> RecOutput:
         x = torch.cat([self.user_emb, self.item_emb], dim=0)
         content = self.ui_propagation(x, self.ui_graph)
-        items, users = {}, {}
+        items, users, handed = {}, {}, {}
         for m in self.modalities:
             purified = self.purifiers[m](self.item_emb, self.modality_features(m))
             items[m] = self.ii_propagation(purified, self.item_graphs[m])
             users[m] = self.user_item(items[m])
+            handed[m] = (ModalityOutput(item=items[m], user=users[m])
+                         if self.modality_output == 'propagated' else
+                         ModalityOutput(item=purified, user=self.user_item(purified)))
         side = self.fuser([torch.cat([users[m], items[m]], dim=0) for m in self.modalities],
                           content)
         user, item = (content + side).split([self.num_users, self.num_items])
         return RecOutput(
             user=user, item=item,
-            modalities={m: ModalityOutput(item=items[m], user=users[m])
-                        for m in self.modalities},
+            modalities=handed,
             extras={'side': side, 'content': content})
 
     # -- loss ---------------------------------------------------------------------------

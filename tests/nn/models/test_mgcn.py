@@ -300,3 +300,16 @@ def test_negative_knn_degree_isolates_the_item_instead_of_nan():
     out = model()
     assert torch.isfinite(out.user).all() and torch.isfinite(out.item).all()
     assert torch.isfinite(model.loss(out, batch()))
+
+
+def test_modality_output_purified_moves_only_the_attachment_point(data):
+    a, b = build(data), build(data, modality_output='purified')
+    oa, ob = a(), b()
+    assert torch.equal(oa.user, ob.user) and torch.equal(oa.item, ob.item)  # same model
+    for m in a.modalities:
+        purified = b.purifiers[m](b.item_emb, b.modality_features(m))
+        assert torch.allclose(ob.modalities[m].item, purified)
+        assert torch.allclose(ob.modalities[m].user, b.user_item(purified))
+        assert not torch.allclose(ob.modalities[m].item, oa.modalities[m].item)
+    with pytest.raises(ValueError, match='modality_output'):
+        build(data, modality_output='raw')
