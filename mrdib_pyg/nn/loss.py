@@ -44,8 +44,8 @@ def info_nce(view1: Tensor, view2: Tensor, temperature: float) -> Tensor:
     the matched pair's logit, which is a row-wise dot product; :math:`1/\tau` scales the
     :obj:`[B, d]` anchors before the product, so no :math:`B \times B` division, one-hot
     target or gather is computed; as the logits are bounded by :math:`1/\tau`, the
-    log-sum-exp needs no max shift for :math:`\tau \ge 0.02` (one exponential pass). Rows are used as given: a user drawn twice in a batch is
-    its own negative, as in MMRec.
+    log-sum-exp needs no max shift for :math:`\tau \ge 0.02` (one exponential pass). Rows
+    are used as given: a user drawn twice in a batch is its own negative, as in MMRec.
 
     Args:
         view1 (Tensor): :obj:`[B, d]` anchors.

@@ -118,7 +118,6 @@ def test_short_run_beats_popularity(small, name):
     assert result.test_at_best['Recall@20'] > pop, (name, result.test_at_best, pop)
 
 
-
 def _loss_and_grads(model, mrdib, step, seed):
     seed_everything(seed)
     out, b = step(model)
