@@ -13,8 +13,8 @@ For each backbone, with ONE hyper-parameter set (MMRec's first grid value, liste
   the best validation epoch, and the relative difference of the means.
 
 MMRec runs from a copy built by ``../shared/tools/mmrec/setup.sh`` (default
-``/tmp/mmrec/src`` with the venv ``/tmp/mmvenv``), through that folder's ``fit.py`` and
-``time_epochs.py``; ours through ``python -m mrdib_pyg.train`` on the same folder read as
+``/tmp/mmrec/src`` with the venv ``/tmp/mmvenv``), through ``mmrec_fit_curve.py`` (that
+folder's ``fit.py`` plus the validation curve of every epoch) and its ``time_epochs.py``; ours through ``python -m mrdib_pyg.train`` on the same folder read as
 ``AmazonMM(root, name)``.
 
     python ../shared/tools/mmrec/make_baby_mmrec_format.py ../shared/data/amazon-baby \
@@ -145,6 +145,8 @@ def ours(args, model, epochs, seed, patience, out_dir):
             'best_epoch': res['best_epoch'], 'epochs_run': len(hist),
             'test': {k: res['test_at_best'][k] for k in ('Recall@20', 'NDCG@20')},
             'valid': {k: res['best_valid'][k] for k in ('Recall@20', 'NDCG@20')},
+            'valid_curve': [{k: round(h['valid'][k], 5) for k in ('Recall@20', 'NDCG@20')}
+                            for h in hist],
             'wall_s': wall, 'peak_rss_mib': rss}
 
 
@@ -181,9 +183,9 @@ def mmrec_path() -> str:
 def mmrec(args, model, epochs, seed, accuracy):
     name, kvs = SETTINGS[model][1]
     py = args.mmrec_python
-    if accuracy:
-        cmd = [py, str(TOOLS / 'fit.py'), name, args.mmrec_dataset, f'epochs={epochs}',
-               f'seed_value={seed}'] + kvs
+    if accuracy:  # fit.py's steps, plus the validation curve
+        cmd = [py, str(HERE / 'mmrec_fit_curve.py'), name, args.mmrec_dataset,
+               f'epochs={epochs}', f'seed_value={seed}'] + kvs
     else:
         cmd = [py, str(TOOLS / 'time_epochs.py'), name, args.mmrec_dataset, str(epochs),
                f'seed_value={seed}'] + kvs
@@ -247,6 +249,9 @@ def accuracy(args, save=lambda rows: None):
                    'ours_best_epoch': o['best_epoch'], 'ours_epochs_run': o['epochs_run'],
                    'mmrec_test_R20': m['test']['recall@20'], 'mmrec_test_N20': m['test']['ndcg@20'],
                    'mmrec_stop_counter': m.get('stop_counter'),
+                   'mmrec_best_epoch': m.get('best_epoch'),
+                   'ours_valid_R20_curve': [c['Recall@20'] for c in o['valid_curve']],
+                   'mmrec_valid_R20_curve': [c['recall@20'] for c in m.get('valid_curve', [])],
                    'ours_wall_s': o['wall_s'], 'mmrec_wall_s': m['wall_s']}
             rows.append(row)
             save(rows)

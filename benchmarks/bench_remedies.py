@@ -11,7 +11,9 @@ Variants (MRdIB options over the paper's alphas 0.005 / 0.05 / 0.005):
 * ``latent_16``: a narrower latent (the paper's "latent width" question);
 * ``selected_mgcn``: the setting ``mrdib-search`` selected on validation for planted MGCN;
 * ``attach_purified``: MRdIB on MGCN's purified modality tables before the item–item
-  propagation (``modality_output='purified'``), the paper's alphas.
+  propagation (``modality_output='purified'``), the paper's alphas;
+* ``synergy_0.1``, ``synergy_0``: the fused head's BPR weighted 0.1 / 0 in MRdIB's loss
+  (``synergy_weight``; the paper has no weight there).
 
 Runs go to ``--runs-dir`` (a finished run is not repeated: the script resumes) and the summary
 (best epoch, test Recall@20/NDCG@20 at the best validation epoch, validation Recall@20 per
@@ -51,6 +53,9 @@ VARIANTS = {
     'selected_mgcn': dict(alpha1=0.01, alpha2=1e-4, alpha3=0.01, item_grad=0.1),
     # another attachment point: MGCN's purified tables before the item-item propagation
     'attach_purified': dict(model_args=dict(modality_output='purified')),
+    # a weight on the fused head's BPR, which no alpha scales (the paper's is 1)
+    'synergy_0.1': dict(synergy_weight=0.1),
+    'synergy_0': dict(synergy_weight=0.0),
 }
 
 

@@ -236,7 +236,10 @@ class MRdIB(nn.Module):
     into the backbone's modality item representations :math:`x_m` is multiplied by
     :obj:`item_grad` (1, the paper's, by default; 0 detaches them, so MRdIB trains only its
     own heads and cannot change the backbone). The values of :math:`x_m` and of every term
-    are unchanged; only how strongly MRdIB reshapes the backbone is.
+    are unchanged; only how strongly MRdIB reshapes the backbone is. **Synergy weight**
+    (:obj:`synergy_weight`, ours): a factor :math:`w_S` on :math:`\mathcal{L}_S` in the total
+    (1, the paper's, by default, where the fused head has no weight of its own); its value in
+    :obj:`terms` stays unweighted, as the alphas' terms do.
 
     The floor :math:`\phi` (:obj:`redundant_floor`, default 0) is ours: the mutual information
     is :math:`\ge 0`, so a DV value below zero only says the critic is momentarily behind;
@@ -305,6 +308,8 @@ class MRdIB(nn.Module):
             tables. (default: :obj:`True`)
         item_grad (float, optional): scale in :math:`[0, 1]` of the gradient reaching the
             backbone's modality item representations. (default: :obj:`1.0`)
+        synergy_weight (float, optional): :math:`w_S \ge 0`, the weight of the synergy
+            term in the total. (default: :obj:`1.0`)
     """
     #: Named ablations of the paper's Table 2, see :meth:`ablation`.
     ABLATIONS = frozenset({'full', 'wo_mib', 'wo_redundant', 'wo_unique', 'mib_only'})
@@ -324,7 +329,8 @@ class MRdIB(nn.Module):
                  encoder_hidden: Optional[int] = None, input_norm: str = 'scale',
                  logvar_bound: Optional[float] = 6.0, redundant_floor: Optional[float] = 0.0,
                  sample_without_kl: bool = False, critic_max_weight: float = 10.0,
-                 user_grad: bool = True, item_grad: float = 1.0):
+                 user_grad: bool = True, item_grad: float = 1.0,
+                 synergy_weight: float = 1.0):
         super().__init__()
         name = self.__class__.__name__
         self.modalities: List[str] = list(modality_dims)
@@ -334,7 +340,8 @@ class MRdIB(nn.Module):
         if set(user_dims) != set(self.modalities):
             raise ValueError(f"{name}: user_dims keys {sorted(user_dims)} must equal the "
                              f"modality_dims keys {sorted(self.modalities)}")
-        for key, value in (('alpha1', alpha1), ('alpha2', alpha2), ('alpha3', alpha3)):
+        for key, value in (('alpha1', alpha1), ('alpha2', alpha2), ('alpha3', alpha3),
+                           ('synergy_weight', synergy_weight)):
             if not (math.isfinite(value) and value >= 0):  # NaN must not drop a term silently
                 raise ValueError(f"{name}: {key} must be a finite number >= 0, got {value}")
         for key, value in (('latent_dim', latent_dim), ('critic_hidden', critic_hidden),
@@ -349,6 +356,7 @@ class MRdIB(nn.Module):
         self.user_dims = {m: int(user_dims[m]) for m in self.modalities}
         self.latent_dim = int(latent_dim)
         self.alpha1, self.alpha2, self.alpha3 = float(alpha1), float(alpha2), float(alpha3)
+        self.synergy_weight = float(synergy_weight)
         self.critic_hidden = int(critic_hidden)
         self.fusion_hidden = int(fusion_hidden or latent_dim)
         self.encoder_hidden = encoder_hidden
@@ -548,7 +556,8 @@ class MRdIB(nn.Module):
         pos, neg = table[enc.pos], table[enc.neg]
         d = self.latent_dim
         terms['synergy'] = bpr_loss((u_bar * pos[:, -d:]).sum(-1), (u_bar * neg[:, -d:]).sum(-1))
-        loss = terms['synergy']
+        loss = (terms['synergy'] if self.synergy_weight == 1.0
+                else self.synergy_weight * terms['synergy'])
 
         if self.computes_kl:
             terms['kl'] = sum(0.5 * (enc.mu[m].pow(2) + enc.std[m].pow(2) - 1.0

@@ -72,7 +72,7 @@ def build_mrdib(cfg: TrainConfig, model: Recommender) -> MRdIB:
         fusion_hidden=o.fusion_hidden, encoder_hidden=o.encoder_hidden,
         ema_decay=o.ema_decay, input_norm=o.input_norm, logvar_bound=o.logvar_bound,
         redundant_floor=o.redundant_floor, user_grad=o.user_grad,
-        item_grad=o.item_grad)
+        item_grad=o.item_grad, synergy_weight=o.synergy_weight)
 
 
 def enable_replace_mode(model: Recommender, mrdib: MRdIB) -> None:

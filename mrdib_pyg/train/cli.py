@@ -42,6 +42,8 @@ HELP = {
                  "detaches them: MRdIB then shapes only the item-side modality tables)",
     'item_grad': "scale in [0, 1] of MRdIB's gradient into the backbone's modality item "
                  "representations (1: the paper's; 0: MRdIB cannot change the backbone)",
+    'synergy_weight': "weight of the fused (synergy) head's BPR in MRdIB's loss (1: the "
+                      "paper's)",
     'out_dir': 'write results.json, best.pt (best validation epoch) and last.pt (after every '
                'epoch, for --resume) here',
     'device': "'auto', 'cpu', 'cuda', 'cuda:1', ...",

@@ -202,6 +202,7 @@ class MRdIBOptions:
     mi_probe_every: int = 0                # epochs between fresh-critic MI probes (0: off)
     user_grad: bool = True                 # False: the heads leave the user tables alone
     item_grad: float = 1.0                 # scale of MRdIB's gradient into the modality items
+    synergy_weight: float = 1.0            # weight of the fused (synergy) head's BPR
 
     @classmethod
     def field_names(cls):
@@ -221,7 +222,7 @@ class MRdIBOptions:
                   'an integer >= 1, or none')
         check('critic_lr', math.isfinite(self.critic_lr) and self.critic_lr > 0,
               'a finite number > 0')
-        for name in ('alpha1', 'alpha2', 'alpha3'):
+        for name in ('alpha1', 'alpha2', 'alpha3', 'synergy_weight'):
             check(name, math.isfinite(getattr(self, name)) and getattr(self, name) >= 0,
                   'a finite number >= 0')
         check('ema_decay', 0 <= self.ema_decay < 1, 'a number in [0, 1)')

@@ -408,6 +408,33 @@ def test_item_grad_scales_only_the_gradient_into_the_modality_items(scale):
             assert torch.allclose(p_full.grad, p_part.grad, atol=1e-7)
 
 
+@pytest.mark.parametrize('weight', [0.0, 0.3])
+def test_synergy_weight_scales_only_the_fused_heads_share(weight):
+    batch = make_batch()
+
+    def run(**kwargs):
+        torch.manual_seed(0)
+        out = make_output(requires_grad=True)
+        model = MRdIB.from_output(out, latent_dim=8, **kwargs)
+        torch.manual_seed(1)
+        res = model(out, batch)
+        res.loss.backward()
+        return res, model
+
+    full, m_full = run()
+    part, m_part = run(synergy_weight=weight)
+    for key in full.terms:  # the logged terms stay unweighted
+        assert torch.allclose(full.terms[key], part.terms[key])
+    expected = full.loss - (1.0 - weight) * full.terms['synergy']
+    assert torch.allclose(part.loss, expected, atol=1e-6)
+    # The fusion MLP learns only through the synergy head: its gradient scales by the weight.
+    for p_full, p_part in zip(m_full.fusion.parameters(), m_part.fusion.parameters()):
+        assert p_full.grad.abs().sum() > 0
+        assert torch.allclose(p_part.grad, weight * p_full.grad, atol=1e-7)
+    with pytest.raises(ValueError, match='synergy_weight'):
+        MRdIB({'a': 4, 'b': 4}, {'a': 4, 'b': 4}, synergy_weight=-1.0)
+
+
 def test_item_grad_is_checked():
     with pytest.raises(ValueError, match='item_grad'):
         MRdIB({'a': 4, 'b': 4}, {'a': 4, 'b': 4}, item_grad=1.5)
