@@ -13,7 +13,9 @@ Variants (MRdIB options over the paper's alphas 0.005 / 0.05 / 0.005):
 * ``attach_purified``: MRdIB on MGCN's purified modality tables before the item–item
   propagation (``modality_output='purified'``), the paper's alphas;
 * ``synergy_0.1``, ``synergy_0``: the fused head's BPR weighted 0.1 / 0 in MRdIB's loss
-  (``synergy_weight``; the paper has no weight there).
+  (``synergy_weight``; the paper has no weight there);
+* ``input_layer``: the encoders' inputs standardised per row (``input_norm='layer'``), so
+  the KL gains nothing from shrinking the backbone's modality tables.
 
 Runs go to ``--runs-dir`` (a finished run is not repeated: the script resumes) and the summary
 (best epoch, test Recall@20/NDCG@20 at the best validation epoch, validation Recall@20 per
@@ -56,6 +58,8 @@ VARIANTS = {
     # a weight on the fused head's BPR, which no alpha scales (the paper's is 1)
     'synergy_0.1': dict(synergy_weight=0.1),
     'synergy_0': dict(synergy_weight=0.0),
+    # encoder inputs standardised per row: the KL cannot lower itself by shrinking x_m
+    'input_layer': dict(input_norm='layer'),
 }
 
 
