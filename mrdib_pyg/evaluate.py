@@ -72,8 +72,9 @@ DEFAULT_KS = (5, 10, 20, 50)
 DEFAULT_METRICS = ('Recall', 'NDCG', 'Precision', 'MAP')
 
 # The per-user formulas are PyG's. They reproduce the golden MMRec numbers to ~6e-8 (PyG
-# accumulates in the default float32 dtype, MMRec in float64) and cost ~20 ms per block of
-# 4096 users for 16 metrics, against ~600 ms for the block's score matrix and top-k on CPU.
+# accumulates in the default float32 dtype, MMRec in float64, so the block size changes the
+# last float32 digit of a mean) and cost ~20 ms per block of 4096 users for 16 metrics,
+# against ~600 ms for the block's score matrix and top-k on CPU.
 # Recall2 (no PyG counterpart) is counted here in int64.
 _PYG_METRICS = {
     'Recall': LinkPredRecall,
@@ -143,7 +144,12 @@ class FullRankEvaluator:
         metrics (sequence of str): any of :obj:`'Recall'`, :obj:`'Recall2'`, :obj:`'NDCG'`,
             :obj:`'Precision'`, :obj:`'MAP'` (case-insensitive).
             (default: :obj:`('Recall', 'NDCG', 'Precision', 'MAP')`)
-        batch_size (int): users scored per block. (default: :obj:`4096`, as MMRec)
+        batch_size (int): users scored per block. No metric depends on it (each user's
+            row is scored, masked and ranked alone); it sets the size of one block's
+            :obj:`[batch_size, num_items]` score matrix. MMRec scores 4096 users per block;
+            on a CPU a smaller block is faster, because a 4096-user block of Baby's 7,050
+            items is a 115 MB matrix allocated and faulted in afresh for every block
+            (``benchmarks/bench_eval_blocks.py``). (default: :obj:`1024`)
         mask_edge_index (Tensor, optional): :obj:`[2, E'']` pairs whose scores are set to
             :math:`-\infty` before ranking. (default: :obj:`train_edge_index`)
         round_to (int, optional): round every metric to this many decimals
@@ -157,7 +163,7 @@ class FullRankEvaluator:
         heldout_edge_index: Tensor,
         ks: Sequence[int] = DEFAULT_KS,
         metrics: Sequence[str] = DEFAULT_METRICS,
-        batch_size: int = 4096,
+        batch_size: int = 1024,
         mask_edge_index: Optional[Tensor] = None,
         round_to: Optional[int] = None,
     ):
@@ -514,7 +520,7 @@ def evaluate(
     data: HeteroData,
     split: str = 'test',
     ks: Sequence[int] = DEFAULT_KS,
-    batch_size: int = 4096,
+    batch_size: int = 1024,
     device: Optional[Union[str, torch.device]] = None,
     **kwargs,
 ) -> Dict[str, float]:
@@ -530,7 +536,8 @@ def evaluate(
         data (HeteroData): the dataset.
         split (str): :obj:`'val'` or :obj:`'test'`. (default: :obj:`'test'`)
         ks (sequence of int): cut-offs. (default: :obj:`(5, 10, 20, 50)`)
-        batch_size (int): users per block. (default: :obj:`4096`)
+        batch_size (int): users per block (:class:`FullRankEvaluator`).
+            (default: :obj:`1024`)
         device (str or torch.device, optional): device of the user ids passed to
             :meth:`score`. (default: the device of the model's first parameter or buffer)
         **kwargs: forwarded to :meth:`FullRankEvaluator.from_data` (e.g. :obj:`mask`,

@@ -292,7 +292,7 @@ class TrainConfig:
     patience: int = 20
     valid_metric: str = 'Recall@20'
     topk: Tuple[int, ...] = (5, 10, 20, 50)
-    eval_batch_size: int = 4096
+    eval_batch_size: int = 1024        # users per evaluation block (MMRec: 4096; see evaluate.py)
     device: str = 'auto'
     # plug-ins: MRdIB's section (None: bare backbone). YAML: ``mrdib: true`` or
     # ``mrdib: {alpha1: 0.01, ...}``; flags: --mrdib --alpha1 0.01 ...
