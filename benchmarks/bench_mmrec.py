@@ -62,7 +62,7 @@ SETTINGS = {
                ('LGMRec', ['n_ui_layers=2', 'n_mm_layers=2', 'n_hyper_layer=1', 'hyper_num=4',
                            'keep_rate=0.5', 'alpha=0.3', 'cl_weight=0.0001',
                            'reg_weight=0.000001'])),
-    # Ranking as MMRec's DualGNN and GRCN do: with the last training batch's tables (no
+    # Ranking as MMRec's DualGNN, GRCN and MMGCN do: with the last training batch's tables (no
     # forward pass at evaluation); the reference side is the same run as above.
     'dualgnn-lastfwd': (('dualgnn', ['reg_weight=0.1', 'score_last_train_forward=True'],
                          ['--lr', '0.1']),
@@ -70,6 +70,9 @@ SETTINGS = {
     'grcn-lastfwd': (('grcn', ['reg_weight=0.1', 'score_last_train_forward=True'],
                       ['--lr', '1.0']),
                      ('GRCN', ['reg_weight=0.1', 'learning_rate=1'])),
+    'mmgcn-lastfwd': (('mmgcn', ['reg_weight=0.0', 'score_last_train_forward=True'],
+                       ['--lr', '0.0001']),
+                      ('MMGCN', ['reg_weight=0', 'learning_rate=0.0001'])),
     # SOIL is not in MMRec: its authors' models/soil.py (+ utils, yaml) copied into the
     # MMRec copy (benchmarks/equivalence/soil.py does it); knn_i/knn_a: its Baby values.
     'soil': (('soil', ['cl_loss=0.001', 'cl_loss2=0.001'], []),
