@@ -16,6 +16,7 @@ from mrdib_pyg.data.synthetic import has_generated_features
 from mrdib_pyg.nn.models import MODELS, Recommender
 from mrdib_pyg.nn.mrdib import MRdIB
 from mrdib_pyg.train import distributed as dist_utils
+from mrdib_pyg.train.allocator import keep_freed_memory
 from mrdib_pyg.train.config import MRdIBOptions, TrainConfig, check_kwargs
 from mrdib_pyg.train.trainer import (Trainer, TrainResult, _write_json, check_checkpoint_options,
                                      checkpoint_finished, read_checkpoint, resolve_device,
@@ -125,6 +126,8 @@ def run(cfg: TrainConfig, data: Optional[HeteroData] = None,
     and only rank 0 writes files (see :class:`Trainer`)."""
     cfg.validate()
     resolve_device(cfg.device)
+    if cfg.keep_freed_memory:
+        keep_freed_memory()
     joined = not dist_utils.is_initialized() and dist_utils.init_from_env(cfg.device)
     try:
         return _run(cfg, data, resume)

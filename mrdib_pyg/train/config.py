@@ -300,6 +300,8 @@ class TrainConfig:
     # output
     out_dir: Optional[str] = None
     progress: bool = True
+    # glibc: keep large freed blocks for reuse instead of unmapping them (train/allocator.py)
+    keep_freed_memory: bool = True
 
     @classmethod
     def preset(cls, model: str = 'vbpr', dataset: str = 'synthetic') -> 'TrainConfig':
