@@ -36,9 +36,14 @@ def main():
     p.add_argument('--threads', type=int, default=None)
     p.add_argument('--device', default='auto')
     p.add_argument('--modes', nargs='+', default=['bare', 'mrdib', 'replace'])
+    p.add_argument('--keep-freed-memory', action='store_true',
+                   help="raise glibc's mmap/trim thresholds first, as mrdib-train does")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:
+        from mrdib_pyg.train.allocator import keep_freed_memory
+        print('keep_freed_memory:', keep_freed_memory())
     data = load_baby()
     trainers = {m: make(data, args.model, m, args.device) for m in args.modes}
     train_s = {m: [] for m in args.modes}
@@ -62,7 +67,8 @@ def main():
     print(f'\n{args.model} on Amazon Baby (GENERATED features), medians of {args.epochs} '
           f'interleaved epochs, {torch.get_num_threads()} thread(s)')
     print_table(rows, list(rows[0]))
-    write_json(f'overhead_{args.model}_t{torch.get_num_threads()}.json', {
+    suffix = '_keepfreed' if args.keep_freed_memory else ''
+    write_json(f'overhead_{args.model}_t{torch.get_num_threads()}{suffix}.json', {
         'dataset': 'amazon-baby (shared split), generated features', 'machine': machine(),
         'args': vars(args), 'rows': rows, 'train_s': train_s, 'eval_s': eval_s})
 
