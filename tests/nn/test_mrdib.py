@@ -375,22 +375,22 @@ def test_user_grad_false_leaves_the_user_tables_alone():
     assert torch.allclose(a, other(out, batch).loss)
 
 
+def _one_backward(batch, **kwargs):
+    # A fresh output and MRdIB, seeded alike on every call; one loss and its backward.
+    torch.manual_seed(0)
+    out = make_output(requires_grad=True)
+    model = MRdIB.from_output(out, latent_dim=8, **kwargs)
+    torch.manual_seed(1)
+    res = model(out, batch)
+    res.loss.backward()
+    return out, res, model
+
 
 @pytest.mark.parametrize('scale', [0.0, 0.25])
 def test_item_grad_scales_only_the_gradient_into_the_modality_items(scale):
     batch = make_batch()
-
-    def run(**kwargs):
-        torch.manual_seed(0)
-        out = make_output(requires_grad=True)
-        model = MRdIB.from_output(out, latent_dim=8, **kwargs)
-        torch.manual_seed(1)
-        res = model(out, batch)
-        res.loss.backward()
-        return out, res, model
-
-    full, res_full, m_full = run()
-    part, res_part, m_part = run(item_grad=scale)
+    full, res_full, m_full = _one_backward(batch)
+    part, res_part, m_part = _one_backward(batch, item_grad=scale)
     assert torch.allclose(res_full.loss, res_part.loss)  # the values are the same
     for m in full.modalities:
         g_full, g_part = full.modalities[m].item.grad, part.modalities[m].item.grad
@@ -411,18 +411,8 @@ def test_item_grad_scales_only_the_gradient_into_the_modality_items(scale):
 @pytest.mark.parametrize('weight', [0.0, 0.3])
 def test_synergy_weight_scales_only_the_fused_heads_share(weight):
     batch = make_batch()
-
-    def run(**kwargs):
-        torch.manual_seed(0)
-        out = make_output(requires_grad=True)
-        model = MRdIB.from_output(out, latent_dim=8, **kwargs)
-        torch.manual_seed(1)
-        res = model(out, batch)
-        res.loss.backward()
-        return res, model
-
-    full, m_full = run()
-    part, m_part = run(synergy_weight=weight)
+    _, full, m_full = _one_backward(batch)
+    _, part, m_part = _one_backward(batch, synergy_weight=weight)
     for key in full.terms:  # the logged terms stay unweighted
         assert torch.allclose(full.terms[key], part.terms[key])
     expected = full.loss - (1.0 - weight) * full.terms['synergy']
@@ -438,6 +428,7 @@ def test_synergy_weight_scales_only_the_fused_heads_share(weight):
 def test_item_grad_is_checked():
     with pytest.raises(ValueError, match='item_grad'):
         MRdIB({'a': 4, 'b': 4}, {'a': 4, 'b': 4}, item_grad=1.5)
+
 
 def test_mrdib_changes_backbone_gradients():
     torch.manual_seed(0)
