@@ -1,0 +1,229 @@
+r"""Which half of a side-by-side accuracy gap is the model, which the training loop?
+
+Trains one side's model inside the other side's training loop, on the same MMRec-format
+folder, and prints one JSON line with the best validation epoch, the test metrics at it
+and the validation curve:
+
+* ``--direction mmrec-in-ours``: MMRec's own model (its ``calculate_loss`` and
+  ``full_sort_predict``, built and initialised by MMRec's code) trained by our
+  :class:`~mrdib_pyg.train.Trainer` (our sampler, our Adam, our evaluator);
+* ``--direction ours-in-mmrec``: our model (built and initialised by
+  :func:`~mrdib_pyg.train.build.build_model`) trained by MMRec's ``Trainer`` (MMRec's
+  loader, its Adam, its evaluator).
+
+With the two plain runs (``bench_mmrec.py --mode accuracy``), this is a 2 x 2 design: if
+MMRec's model trained by our loop lands where our model does, the loop (sampling,
+optimiser, evaluation) accounts for the gap; if it lands where MMRec does, the model does
+(its initialisation or its training-time computation). Run from MMRec's ``src/`` under
+MMRec's interpreter, with our package and MMRec's CPU shim on the path::
+
+    cd /tmp/mmrec/src && OMP_NUM_THREADS=1 PYTHONPATH=.:/work/main:/tmp/mmrec_cpu_shim \
+        /tmp/mmvenv/bin/python /work/main/benchmarks/swap_trainer.py \
+        --direction mmrec-in-ours --model BM3 --ours bm3 --seed 999 --epochs 20
+
+Give MMRec's grid values explicitly (``--mmrec-arg n_layers=1``: a list left in MMRec's
+configuration fails in its model) and ours the same through ``--model-arg``. Both sides use the folder's ids as
+they are (the script checks that the two sides see the same users, items and training
+pairs). Diagnostic only: nothing of either side is changed.
+"""
+import argparse
+import ast
+import json
+import os
+import sys
+import time
+
+# MMRec's packages (common, utils, models) come from the working directory, not from this
+# script's folder (whose common.py is ours).
+sys.path[0] = os.getcwd()
+
+import torch  # noqa: E402
+
+
+def parse_kv(pairs):
+    out = {}
+    for kv in pairs:
+        k, v = kv.split('=', 1)
+        try:
+            out[k] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            out[k] = v
+    return out
+
+
+def mmrec_parts(args):
+    r"""MMRec's config, loaders and first-grid-value settings, as ``fit.py`` builds them."""
+    from utils.configurator import Config
+    from utils.dataloader import EvalDataLoader, TrainDataLoader
+    from utils.dataset import RecDataset
+    from utils.logger import init_logger
+    over = {'gpu_id': 0, 'use_gpu': False, 'seed': [args.seed], 'hyper_parameters': ['seed'],
+            'save_recommended_topk': False, 'epochs': args.epochs,
+            'stopping_step': args.epochs}
+    over.update(parse_kv(args.mmrec_arg))
+    config = Config(args.model, args.mmrec_dataset, over, False)
+    config['use_gpu'], config['device'] = False, torch.device('cpu')
+    init_logger(config)
+    ds = RecDataset(config)
+    tr, va, te = ds.split()
+    for d in (ds, tr, va, te):  # as fit.py: __str__ sets the counts the loaders read
+        str(d)
+    train = TrainDataLoader(config, tr, batch_size=config['train_batch_size'], shuffle=True)
+    valid = EvalDataLoader(config, va, additional_dataset=tr,
+                           batch_size=config['eval_batch_size'])
+    test = EvalDataLoader(config, te, additional_dataset=tr, batch_size=config['eval_batch_size'])
+    return config, tr, train, valid, test
+
+
+def check_same_split(mm_train, data):
+    from mrdib_pyg.data.schema import ITEM, RATES, USER
+    ei = data[RATES].edge_index
+    ours = set(zip(ei[0].tolist(), ei[1].tolist()))
+    df = mm_train.df
+    theirs = set(zip(df[mm_train.uid_field].tolist(), df[mm_train.iid_field].tolist()))
+    if ours != theirs:
+        raise SystemExit(f'the two sides read different training pairs '
+                         f'({len(ours)} vs {len(theirs)})')
+    return data[USER].num_nodes, data[ITEM].num_nodes
+
+
+def mmrec_in_ours(args, data):
+    r"""MMRec's model, our :class:`Trainer`."""
+    from utils.utils import get_model, init_seed
+
+    from mrdib_pyg.nn.models.base import Recommender
+    from mrdib_pyg.train import TrainConfig, Trainer
+
+    config, tr, train, _, _ = mmrec_parts(args)
+    num_users, num_items = check_same_split(tr, data)
+    init_seed(args.seed)
+    train.pretrain_setup()
+    net = get_model(config['model'])(config, train)
+
+    class MMRecModel(Recommender):
+        r"""MMRec's model behind our backbone interface: its loss on our batches (user,
+        positive, negative rows, as MMRec's loader stacks them), its
+        ``full_sort_predict`` for ranking."""
+
+        def __init__(self):
+            super().__init__(num_users, num_items)
+            self.net = net
+
+        def forward_batch(self, batch):
+            return None, batch
+
+        def loss(self, out, batch):
+            inter = torch.stack([batch.users, batch.pos, batch.neg])
+            return self.net.calculate_loss(inter).sum()
+
+        def pre_epoch(self, epoch):
+            self.net.pre_epoch_processing()
+
+        @torch.no_grad()
+        def score(self, users):
+            return self.net.full_sort_predict((users,))
+
+    cfg = TrainConfig(dataset=args.name, root=args.root, model=args.ours, epochs=args.epochs,
+                      patience=args.epochs, seed=args.seed, lr=config['learning_rate'],
+                      batch_size=config['train_batch_size'], progress=False, device='cpu')
+    trainer = Trainer(MMRecModel(), data, cfg)
+    res = trainer.fit()
+    curve = [round(h['valid']['Recall@20'], 5) for h in res.history]
+    return {'best_epoch': res.best_epoch,
+            'test': {k: round(res.test_at_best[k], 4) for k in ('Recall@20', 'NDCG@20')},
+            'valid_curve_recall20': curve}
+
+
+def ours_in_mmrec(args, data):
+    r"""Our model, MMRec's ``Trainer``."""
+    from utils.utils import get_trainer, init_seed
+
+    from mrdib_pyg.data.sampling import BPRBatch
+    from mrdib_pyg.train import TrainConfig
+    from mrdib_pyg.train.build import build_model
+
+    config, tr, train, valid, test = mmrec_parts(args)
+    check_same_split(tr, data)
+    init_seed(args.seed)
+    train.pretrain_setup()
+    cfg = TrainConfig(dataset=args.name, root=args.root, model=args.ours,
+                      model_args=parse_kv(args.model_arg), seed=args.seed, device='cpu')
+    model = build_model(cfg, data)
+
+    class OursModel(torch.nn.Module):
+        r"""Our backbone behind MMRec's model interface."""
+
+        def __init__(self):
+            super().__init__()
+            self.m = model
+            self.epoch = 0
+
+        def calculate_loss(self, inter):
+            neg = inter[2] if inter.size(0) > 2 else inter[1]  # negative-free loaders
+            out, batch = self.m.forward_batch(BPRBatch(inter[0], inter[1], neg))
+            return self.m.loss(out, batch)
+
+        def full_sort_predict(self, inter):
+            return self.m.score(inter[0])
+
+        def pre_epoch_processing(self):
+            self.m.pre_epoch(self.epoch)
+            self.epoch += 1
+
+        def post_epoch_processing(self):
+            return None
+
+    trainer = get_trainer()(config, OursModel(), False)
+    curve = []
+    valid_epoch = trainer._valid_epoch
+
+    def recorded(d, *a, **k):
+        score, result = valid_epoch(d, *a, **k)
+        if d is valid:
+            curve.append(round(float(result['recall@20']), 5))
+        return score, result
+
+    trainer._valid_epoch = recorded
+    _, _, best_test = trainer.fit(train, valid_data=valid, test_data=test, saved=False,
+                                  verbose=False)
+    best = max(curve)
+    return {'best_epoch': curve.index(best),
+            'test': {'Recall@20': round(float(best_test['recall@20']), 4),
+                     'NDCG@20': round(float(best_test['ndcg@20']), 4)},
+            'valid_curve_recall20': curve}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--direction', required=True, choices=('mmrec-in-ours', 'ours-in-mmrec'))
+    p.add_argument('--model', required=True, help="MMRec's model name, e.g. BM3")
+    p.add_argument('--ours', required=True, help='our registry name, e.g. bm3')
+    p.add_argument('--model-arg', action='append', default=[],
+                   help='key=value for our model (ours-in-mmrec)')
+    p.add_argument('--mmrec-arg', action='append', default=[],
+                   help="key=value for MMRec's config (both directions)")
+    p.add_argument('--root', default='/tmp/mm', help='our AmazonMM root (ROOT/NAME/raw)')
+    p.add_argument('--name', default='baby')
+    p.add_argument('--mmrec-dataset', default='baby')
+    p.add_argument('--seed', type=int, default=999)
+    p.add_argument('--epochs', type=int, default=20)
+    p.add_argument('--out', default=None, help='append the JSON line to this file')
+    args = p.parse_args()
+    torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', '1')))
+
+    from mrdib_pyg.data import AmazonMM
+    data = AmazonMM(args.root, args.name)[0]
+    t0 = time.perf_counter()
+    fn = mmrec_in_ours if args.direction == 'mmrec-in-ours' else ours_in_mmrec
+    res = {'direction': args.direction, 'model': args.model, 'seed': args.seed,
+           'epochs': args.epochs, **fn(args, data),
+           'wall_s': round(time.perf_counter() - t0, 1)}
+    line = json.dumps(res)
+    print(line)
+    if args.out:
+        with open(args.out, 'a') as f:
+            f.write(line + '\n')
+
+
+if __name__ == '__main__':
+    main()
