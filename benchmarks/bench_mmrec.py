@@ -10,7 +10,9 @@ For each backbone, with ONE hyper-parameter set (MMRec's first grid value, liste
   memory (``/usr/bin/time``'s maximum RSS, imports included);
 * ``--mode accuracy``: both trained to early stopping (patience 20 on validation
   Recall@20) within ``--max-epochs``, for each of ``--seeds``; test Recall@20 / NDCG@20 at
-  the best validation epoch, and the relative difference of the means.
+  the best validation epoch, and the relative difference of the means. ``--side ours`` or
+  ``--side mmrec`` runs one side only, so that the two sides can run in two processes on
+  two cores (each writes its own ``--out``).
 
 MMRec runs from a copy built by ``../shared/tools/mmrec/setup.sh`` (default
 ``/tmp/mmrec/src`` with the venv ``/tmp/mmvenv``), through ``mmrec_fit_curve.py`` (that
@@ -243,29 +245,37 @@ def accuracy(args, save=lambda rows: None):
     rows = []
     for model in args.models:
         for seed in args.seeds:
-            with tempfile.TemporaryDirectory() as d:
-                o = ours(args, model, args.max_epochs, seed, 20, d)
-            m = mmrec(args, model, args.max_epochs, seed, accuracy=True)
             row = {'model': model, 'seed': seed, 'settings': SETTINGS[model],
-                   'max_epochs': args.max_epochs,
-                   'ours_test_R20': o['test']['Recall@20'], 'ours_test_N20': o['test']['NDCG@20'],
-                   'ours_best_epoch': o['best_epoch'], 'ours_epochs_run': o['epochs_run'],
-                   'mmrec_test_R20': m['test']['recall@20'], 'mmrec_test_N20': m['test']['ndcg@20'],
-                   'mmrec_stop_counter': m.get('stop_counter'),
-                   'mmrec_best_epoch': m.get('best_epoch'),
-                   'ours_valid_R20_curve': [c['Recall@20'] for c in o['valid_curve']],
-                   'mmrec_valid_R20_curve': [c['recall@20'] for c in m.get('valid_curve', [])],
-                   'ours_wall_s': o['wall_s'], 'mmrec_wall_s': m['wall_s']}
+                   'max_epochs': args.max_epochs}
+            if args.side in ('both', 'ours'):
+                with tempfile.TemporaryDirectory() as d:
+                    o = ours(args, model, args.max_epochs, seed, 20, d)
+                row.update({'ours_test_R20': o['test']['Recall@20'],
+                            'ours_test_N20': o['test']['NDCG@20'],
+                            'ours_best_epoch': o['best_epoch'], 'ours_epochs_run': o['epochs_run'],
+                            'ours_valid_R20_curve': [c['Recall@20'] for c in o['valid_curve']],
+                            'ours_wall_s': o['wall_s']})
+            if args.side in ('both', 'mmrec'):
+                m = mmrec(args, model, args.max_epochs, seed, accuracy=True)
+                row.update({'mmrec_test_R20': m['test']['recall@20'],
+                            'mmrec_test_N20': m['test']['ndcg@20'],
+                            'mmrec_stop_counter': m.get('stop_counter'),
+                            'mmrec_best_epoch': m.get('best_epoch'),
+                            'mmrec_valid_R20_curve': [c['recall@20']
+                                                      for c in m.get('valid_curve', [])],
+                            'mmrec_wall_s': m['wall_s']})
             rows.append(row)
             save(rows)
             print(json.dumps(row), flush=True)
     print('| model | seed | ours R@20 | MMRec R@20 | rel. diff | ours N@20 | MMRec N@20 |')
     print('|---|---|---|---|---|---|---|')
     for r in rows:
-        rel = (r['ours_test_R20'] - r['mmrec_test_R20']) / r['mmrec_test_R20']
-        print(f"| {r['model']} | {r['seed']} | {r['ours_test_R20']:.4f} | "
-              f"{r['mmrec_test_R20']:.4f} | {rel:+.1%} | {r['ours_test_N20']:.4f} | "
-              f"{r['mmrec_test_N20']:.4f} |")
+        o, m = r.get('ours_test_R20'), r.get('mmrec_test_R20')
+        rel = f'{(o - m) / m:+.1%}' if o is not None and m is not None else '—'
+        cell = lambda k: '—' if r.get(k) is None else f'{r[k]:.4f}'  # noqa: E731
+        print(f"| {r['model']} | {r['seed']} | {cell('ours_test_R20')} | "
+              f"{cell('mmrec_test_R20')} | {rel} | {cell('ours_test_N20')} | "
+              f"{cell('mmrec_test_N20')} |")
     return rows
 
 
@@ -283,6 +293,9 @@ def main():
     p.add_argument('--repeats', type=int, default=2, help='speed: alternations')
     p.add_argument('--max-epochs', type=int, default=1000, help='accuracy: epoch cap')
     p.add_argument('--seeds', type=int, nargs='+', default=[999])
+    p.add_argument('--side', choices=('both', 'ours', 'mmrec'), default='both',
+                   help='accuracy: run one side only (e.g. the two sides in two processes '
+                        'on two cores; their rows are merged by model and seed)')
     p.add_argument('--backend', default=None, choices=('csr', 'torch_sparse', 'coo'),
                    help="our sparse backend (default: the models' own, csr)")
     p.add_argument('--out', default=None)
