@@ -28,6 +28,19 @@ from utils.utils import get_model, get_trainer, init_seed  # noqa: E402
 KEEP = ('recall@5', 'recall@10', 'recall@20', 'ndcg@5', 'ndcg@10', 'ndcg@20')
 
 
+def loaders(config):
+    r"""MMRec's training split and its train / validation / test loaders, as ``fit.py``
+    builds them."""
+    ds = RecDataset(config)
+    tr, va, te = ds.split()
+    for d in (ds, tr, va, te):  # as fit.py: __str__ sets the counts the loaders read
+        str(d)
+    train = TrainDataLoader(config, tr, batch_size=config['train_batch_size'], shuffle=True)
+    valid = EvalDataLoader(config, va, additional_dataset=tr, batch_size=config['eval_batch_size'])
+    test = EvalDataLoader(config, te, additional_dataset=tr, batch_size=config['eval_batch_size'])
+    return tr, train, valid, test
+
+
 def main():
     model, dataset = sys.argv[1], sys.argv[2]
     over = {'gpu_id': 0, 'use_gpu': False, 'seed': [999], 'hyper_parameters': ['seed'],
@@ -42,15 +55,7 @@ def main():
     config = Config(model, dataset, over, False)
     config['use_gpu'], config['device'] = False, 'cpu'
     init_logger(config)
-    ds = RecDataset(config)
-    tr, va, te = ds.split()
-    for d in (ds, tr, va, te):  # as fit.py: __str__ sets the counts the loaders read
-        str(d)
-    train_data = TrainDataLoader(config, tr, batch_size=config['train_batch_size'], shuffle=True)
-    valid_data = EvalDataLoader(config, va, additional_dataset=tr,
-                                batch_size=config['eval_batch_size'])
-    test_data = EvalDataLoader(config, te, additional_dataset=tr,
-                               batch_size=config['eval_batch_size'])
+    _, train_data, valid_data, test_data = loaders(config)
     config['seed'] = seed
     init_seed(seed)
     train_data.pretrain_setup()

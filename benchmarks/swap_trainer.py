@@ -28,6 +28,7 @@ pairs). Diagnostic only: nothing of either side is changed.
 """
 import argparse
 import ast
+import importlib.util
 import json
 import os
 import sys
@@ -35,6 +36,7 @@ import time
 
 # MMRec's packages (common, utils, models) come from the working directory, not from this
 # script's folder (whose common.py is ours).
+HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[0] = os.getcwd()
 
 import torch  # noqa: E402
@@ -54,8 +56,6 @@ def parse_kv(pairs):
 def mmrec_parts(args):
     r"""MMRec's config, loaders and first-grid-value settings, as ``fit.py`` builds them."""
     from utils.configurator import Config
-    from utils.dataloader import EvalDataLoader, TrainDataLoader
-    from utils.dataset import RecDataset
     from utils.logger import init_logger
     over = {'gpu_id': 0, 'use_gpu': False, 'seed': [args.seed], 'hyper_parameters': ['seed'],
             'save_recommended_topk': False, 'epochs': args.epochs,
@@ -64,15 +64,11 @@ def mmrec_parts(args):
     config = Config(args.model, args.mmrec_dataset, over, False)
     config['use_gpu'], config['device'] = False, torch.device('cpu')
     init_logger(config)
-    ds = RecDataset(config)
-    tr, va, te = ds.split()
-    for d in (ds, tr, va, te):  # as fit.py: __str__ sets the counts the loaders read
-        str(d)
-    train = TrainDataLoader(config, tr, batch_size=config['train_batch_size'], shuffle=True)
-    valid = EvalDataLoader(config, va, additional_dataset=tr,
-                           batch_size=config['eval_batch_size'])
-    test = EvalDataLoader(config, te, additional_dataset=tr, batch_size=config['eval_batch_size'])
-    return config, tr, train, valid, test
+    spec = importlib.util.spec_from_file_location(  # this folder is not on sys.path
+        'mmrec_fit_curve', os.path.join(HERE, 'mmrec_fit_curve.py'))
+    fit_curve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fit_curve)
+    return (config, *fit_curve.loaders(config))
 
 
 def check_same_split(mm_train, data):
