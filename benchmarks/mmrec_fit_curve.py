@@ -41,6 +41,23 @@ def loaders(config):
     return tr, train, valid, test
 
 
+def record_validation(trainer, valid_data):
+    r"""Wrap MMRec's ``trainer._valid_epoch`` so that every pass over :obj:`valid_data`
+    appends its Recall@20 and NDCG@20 to the returned list (one entry per epoch); the
+    pass itself is MMRec's, unchanged."""
+    curve = []
+    valid_epoch = trainer._valid_epoch
+
+    def recorded(data, *args, **kwargs):
+        score, result = valid_epoch(data, *args, **kwargs)
+        if data is valid_data:
+            curve.append({k: round(float(result[k]), 5) for k in ('recall@20', 'ndcg@20')})
+        return score, result
+
+    trainer._valid_epoch = recorded
+    return curve
+
+
 def main():
     model, dataset = sys.argv[1], sys.argv[2]
     over = {'gpu_id': 0, 'use_gpu': False, 'seed': [999], 'hyper_parameters': ['seed'],
@@ -62,16 +79,7 @@ def main():
     net = get_model(config['model'])(config, train_data).to(config['device'])
     trainer = get_trainer()(config, net, False)
 
-    curve = []
-    valid_epoch = trainer._valid_epoch
-
-    def recorded(data, *args, **kwargs):
-        score, result = valid_epoch(data, *args, **kwargs)
-        if data is valid_data:
-            curve.append({k: round(float(result[k]), 5) for k in ('recall@20', 'ndcg@20')})
-        return score, result
-
-    trainer._valid_epoch = recorded
+    curve = record_validation(trainer, valid_data)
     t0 = time.perf_counter()
     _, best_valid, best_test = trainer.fit(train_data, valid_data=valid_data,
                                            test_data=test_data, saved=False, verbose=False)

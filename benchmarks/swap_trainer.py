@@ -41,6 +41,44 @@ sys.path[0] = os.getcwd()
 
 import torch  # noqa: E402
 
+from mrdib_pyg.data.sampling import BPRBatch  # noqa: E402
+
+
+def fit_curve():
+    r"""``mmrec_fit_curve.py`` as a module (this folder is not on :obj:`sys.path`; it
+    imports MMRec's packages, so only under MMRec's interpreter)."""
+    spec = importlib.util.spec_from_file_location(
+        'mmrec_fit_curve', os.path.join(HERE, 'mmrec_fit_curve.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class OursInMMRec(torch.nn.Module):
+    r"""Our backbone behind MMRec's model interface: the loss on MMRec's stacked
+    (user, positive[, negative]) rows, ``full_sort_predict`` through our cached scoring,
+    and the epoch hooks MMRec's ``Trainer`` calls."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.m = model
+        self.epoch = 0
+
+    def calculate_loss(self, inter):
+        neg = inter[2] if inter.size(0) > 2 else inter[1]  # negative-free loaders
+        out, batch = self.m.forward_batch(BPRBatch(inter[0], inter[1], neg))
+        return self.m.loss(out, batch)
+
+    def full_sort_predict(self, inter):
+        return self.m.score(inter[0])
+
+    def pre_epoch_processing(self):
+        self.m.pre_epoch(self.epoch)
+        self.epoch += 1
+
+    def post_epoch_processing(self):
+        return None
+
 
 def parse_kv(pairs):
     out = {}
@@ -64,11 +102,7 @@ def mmrec_parts(args):
     config = Config(args.model, args.mmrec_dataset, over, False)
     config['use_gpu'], config['device'] = False, torch.device('cpu')
     init_logger(config)
-    spec = importlib.util.spec_from_file_location(  # this folder is not on sys.path
-        'mmrec_fit_curve', os.path.join(HERE, 'mmrec_fit_curve.py'))
-    fit_curve = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fit_curve)
-    return (config, *fit_curve.loaders(config))
+    return (config, *fit_curve().loaders(config))
 
 
 def check_same_split(mm_train, data):
@@ -134,7 +168,6 @@ def ours_in_mmrec(args, data):
     r"""Our model, MMRec's ``Trainer``."""
     from utils.utils import get_trainer, init_seed
 
-    from mrdib_pyg.data.sampling import BPRBatch
     from mrdib_pyg.train import TrainConfig
     from mrdib_pyg.train.build import build_model
 
@@ -145,43 +178,11 @@ def ours_in_mmrec(args, data):
     cfg = TrainConfig(dataset=args.name, root=args.root, model=args.ours,
                       model_args=parse_kv(args.model_arg), seed=args.seed, device='cpu')
     model = build_model(cfg, data)
-
-    class OursModel(torch.nn.Module):
-        r"""Our backbone behind MMRec's model interface."""
-
-        def __init__(self):
-            super().__init__()
-            self.m = model
-            self.epoch = 0
-
-        def calculate_loss(self, inter):
-            neg = inter[2] if inter.size(0) > 2 else inter[1]  # negative-free loaders
-            out, batch = self.m.forward_batch(BPRBatch(inter[0], inter[1], neg))
-            return self.m.loss(out, batch)
-
-        def full_sort_predict(self, inter):
-            return self.m.score(inter[0])
-
-        def pre_epoch_processing(self):
-            self.m.pre_epoch(self.epoch)
-            self.epoch += 1
-
-        def post_epoch_processing(self):
-            return None
-
-    trainer = get_trainer()(config, OursModel(), False)
-    curve = []
-    valid_epoch = trainer._valid_epoch
-
-    def recorded(d, *a, **k):
-        score, result = valid_epoch(d, *a, **k)
-        if d is valid:
-            curve.append(round(float(result['recall@20']), 5))
-        return score, result
-
-    trainer._valid_epoch = recorded
+    trainer = get_trainer()(config, OursInMMRec(model), False)
+    records = fit_curve().record_validation(trainer, valid)
     _, _, best_test = trainer.fit(train, valid_data=valid, test_data=test, saved=False,
                                   verbose=False)
+    curve = [r['recall@20'] for r in records]
     best = max(curve)
     return {'best_epoch': curve.index(best),
             'test': {'Recall@20': round(float(best_test['recall@20']), 4),

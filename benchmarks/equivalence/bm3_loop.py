@@ -94,16 +94,7 @@ def evaluators(data, epochs):
     config, _, _, valid, test = swap.mmrec_parts(args)
     model, cfg = build(data)
     cfg.progress = False
-
-    class Ranker(torch.nn.Module):  # what MMRec's evaluator calls
-        def __init__(self):
-            super().__init__()
-            self.m = model
-
-        def full_sort_predict(self, inter):
-            return self.m.score(inter[0])
-
-    theirs = get_trainer()(config, Ranker(), False)
+    theirs = get_trainer()(config, swap.OursInMMRec(model), False)  # ranks with our model
     ours = Trainer(model, data, cfg)
     rows = []
     for epoch in range(epochs + 1):
