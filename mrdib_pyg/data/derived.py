@@ -35,7 +35,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 from torch_geometric.utils import coalesce
 
-from mrdib_pyg.data.graphs import (cached_graph, item_knn_graph, row_norm_adj, sym_norm_adj,
+from mrdib_pyg.data.graphs import (cached_graph, csr_from_parts, item_knn_graph, to_csr, row_norm_adj, sym_norm_adj,
                                    tensor_fingerprint, user_cooccurrence_graph)
 from mrdib_pyg.data.schema import ITEM, RATES, USER, item_features, modality_names
 
@@ -50,21 +50,13 @@ def _normalise(edge_index: Tensor, weight: Tensor, n: int, norm: str) -> Tensor:
         return sym_norm_adj(edge_index, weight, n)
     if norm == 'row':
         return row_norm_adj(edge_index, weight, n)
-    coo = torch.sparse_coo_tensor(edge_index, weight.float(), (n, n),
-                                  check_invariants=False).coalesce()
-    return coo.to_sparse_csr()
+    return csr_from_parts(edge_index, weight.float(), (n, n))
 
 
 def _parts(adj: Tensor) -> Tuple[Tensor, Tensor, Tuple[int, int]]:
     # Cached as plain tensors: they load with weights_only=True on every torch version.
     coo = adj.to_sparse_coo().coalesce()
     return coo.indices(), coo.values(), tuple(coo.shape)
-
-
-def csr_from_parts(indices: Tensor, values: Tensor, shape) -> Tensor:
-    r"""A CSR matrix from COO :obj:`indices`/:obj:`values` (how graphs are cached)."""
-    return torch.sparse_coo_tensor(indices, values, tuple(shape),
-                                   check_invariants=False).coalesce().to_sparse_csr()
 
 
 class GraphSpec:
@@ -269,7 +261,7 @@ class MixedItemKNN(GraphSpec):
             adj = _knn_parts(item_features(data, m, fill), self.k, self.weighted, self.loop,
                              self.norm).to_sparse_coo()
             total = w * adj if total is None else total + w * adj
-        return total.coalesce().to_sparse_csr()
+        return to_csr(total.coalesce())
 
 
 @dataclass(frozen=True)

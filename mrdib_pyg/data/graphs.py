@@ -14,6 +14,7 @@ per batch.
     top-:math:`k` that never materialises the :math:`I \times I` similarity
     matrix (Clothing has 23,033 items).
 """
+import contextlib
 import glob
 import hashlib
 import json
@@ -32,6 +33,10 @@ from mrdib_pyg.data.cache import file_sha1, temp_beside
 from mrdib_pyg.data.schema import ITEM, RATES, USER, item_features
 
 __all__ = [
+    'csr_tensor',
+    'quiet_sparse_beta',
+    'csr_from_parts',
+    'to_csr',
     'item_knn_graph',
     'sym_norm_adj',
     'row_norm_adj',
@@ -48,6 +53,39 @@ __all__ = [
 # ---------------------------------------------------------------------------
 # Item-item kNN graphs
 # ---------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def quiet_sparse_beta():
+    r"""Silences torch's one-time "Sparse CSR tensor support is in beta" warning, which
+    says nothing a user can act on (every CSR construction and CSR product here runs in
+    this context, so the first one in a process does not print it)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='.*Sparse CSR tensor support')
+        yield
+
+
+def csr_tensor(crow: Tensor, col: Tensor, values: Tensor, shape) -> Tensor:
+    r""":func:`torch.sparse_csr_tensor` without the invariant check (callers build valid
+    patterns) and without torch's beta warning."""
+    with quiet_sparse_beta():
+        return torch.sparse_csr_tensor(crow, col, values, tuple(shape), check_invariants=False)
+
+
+def csr_from_parts(indices: Tensor, values: Tensor, shape) -> Tensor:
+    r"""A CSR matrix from COO :obj:`indices`/:obj:`values`, duplicated pairs summed (how
+    graphs are built and cached)."""
+    with quiet_sparse_beta():
+        return torch.sparse_coo_tensor(indices, values, tuple(shape),
+                                       check_invariants=False).coalesce().to_sparse_csr()
+
+
+def to_csr(adj: Tensor) -> Tensor:
+    r""":obj:`adj` (any sparse layout) as CSR, without torch's beta warning."""
+    if adj.layout == torch.sparse_csr:
+        return adj
+    with quiet_sparse_beta():
+        return adj.to_sparse_csr()
+
 def item_knn_graph(
     x: Tensor,
     k: int = 10,
@@ -149,10 +187,7 @@ def _degree_scaled_csr(edge_index: Tensor, edge_weight: Optional[Tensor],
     coo = _coo(edge_index, w, (n, n))
     crow = torch.zeros(n + 1, dtype=torch.long, device=w.device)
     crow[1:] = torch.cumsum(torch.bincount(coo.indices()[0], minlength=n), 0)
-    with warnings.catch_warnings():  # torch's "CSR support is in beta"
-        warnings.filterwarnings('ignore', message='.*Sparse CSR tensor')
-        return torch.sparse_csr_tensor(crow, coo.indices()[1], coo.values(),
-                                       (n, n), check_invariants=False)
+    return csr_tensor(crow, coo.indices()[1], coo.values(), (n, n))
 
 
 def sym_norm_adj(
@@ -300,8 +335,7 @@ def user_cooccurrence_graph(
         r_c = _coo(sub, torch.ones(sub.size(1), device=ei.device),
                    (end - start, num_items))
         r_c = _coo(r_c.indices(), torch.ones_like(r_c.values()), r_c.size())
-        with warnings.catch_warnings():  # torch's "CSR support is in beta"
-            warnings.filterwarnings('ignore', message='.*Sparse CSR tensor')
+        with quiet_sparse_beta():
             c = torch.sparse.mm(r_c, r_t).coalesce()
         (u, v), w = c.indices(), c.values()
         u = u + start

@@ -31,7 +31,7 @@ from torch_geometric.data import HeteroData
 from torch_geometric.utils import coalesce
 
 from mrdib_pyg.data.derived import GraphSpec, csr_from_parts
-from mrdib_pyg.data.graphs import item_knn_graph, sym_norm_adj
+from mrdib_pyg.data.graphs import csr_tensor, item_knn_graph, quiet_sparse_beta, sym_norm_adj
 from mrdib_pyg.data.schema import ITEM, RATES, USER, item_features, modality_names
 
 __all__ = ['attractiveness_edges', 'interest_pairs', 'pair_cosine', 'floored_sym_norm',
@@ -228,8 +228,7 @@ def interest_pairs(edge_index: Tensor, num_users: int, num_items: int,
     xs = _normalised(features, num_items, name)
     device = xs[0].device
     ei = ei.to(device)
-    with warnings.catch_warnings():  # torch's "CSR support is in beta"
-        warnings.filterwarnings('ignore', message='.*Sparse CSR tensor')
+    with quiet_sparse_beta():
         r = torch.sparse_coo_tensor(ei, torch.ones(ei.size(1), device=device),
                                     (num_users, num_items),
                                     check_invariants=False).to_sparse_csr()
@@ -298,10 +297,7 @@ def floored_sym_norm(edge_index: Tensor, weight: Tensor, num_nodes: int,
         warnings.warn(f"SOIL {what}: {int(bad.sum())} weights are not finite (nodes whose "
                       f"weighted degree is negative); they are set to 0", stacklevel=2)
         values = torch.where(bad, torch.zeros_like(values), values)
-    with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', message='.*Sparse CSR tensor')
-        return torch.sparse_csr_tensor(adj.crow_indices(), adj.col_indices(), values,
-                                       adj.shape, check_invariants=False)
+    return csr_tensor(adj.crow_indices(), adj.col_indices(), values, adj.shape)
 
 
 def quirk_block_norm(edge_index: Tensor, weight: Tensor, num_users: int, num_items: int,

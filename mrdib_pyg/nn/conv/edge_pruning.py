@@ -4,6 +4,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from mrdib_pyg.data.graphs import csr_from_parts
+
 __all__ = ['DegreeSensitiveEdgePruning', 'bipartite_degree_weights', 'bipartite_sym_norm']
 
 
@@ -56,9 +58,7 @@ def bipartite_sym_norm(edge_index: Tensor, num_users: int, num_items: int,
     n = num_users + num_items
     row, col = edge_index[0], edge_index[1] + num_users
     index = torch.stack([torch.cat([row, col]), torch.cat([col, row])])
-    coo = torch.sparse_coo_tensor(index, torch.cat([weight, weight]), (n, n),
-                                  check_invariants=False).coalesce()
-    return coo.to_sparse_csr()
+    return csr_from_parts(index, torch.cat([weight, weight]), (n, n))
 
 
 class DegreeSensitiveEdgePruning(nn.Module):

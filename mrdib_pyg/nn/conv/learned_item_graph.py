@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mrdib_pyg.data.graphs import item_knn_graph
+from mrdib_pyg.data.graphs import item_knn_graph, to_csr
 from mrdib_pyg.nn.conv.sparse_op import SparseOperator
 
 
@@ -195,9 +195,7 @@ class LearnedItemGraph(nn.Module):
         adj = torch.sparse_coo_tensor(edge_index, edge_weight.detach(),
                                       (self.num_items, self.num_items),
                                       check_invariants=False).coalesce()
-        with warnings.catch_warnings():  # torch's "CSR support is in beta"
-            warnings.filterwarnings('ignore', message='.*Sparse CSR tensor')
-            return SparseOperator(adj.to_sparse_csr(), symmetric=False, backend=self.backend)
+        return SparseOperator(to_csr(adj), symmetric=False, backend=self.backend)
 
     def to_dense(self, edge_index: Tensor, edge_weight: Tensor) -> Tensor:
         r"""The dense :math:`[I, I]` matrix of :obj:`(edge_index, edge_weight)` (for checks

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mrdib_pyg.data.graphs import csr_from_parts
 from mrdib_pyg.nn.conv.sparse_op import SparseOperator
 
 Graph = Union[SparseOperator, Tensor]
@@ -73,8 +74,7 @@ def bipartite_blocks(adj: Tensor, num_users: int) -> Tuple[Tensor, Tensor]:
 
     def block(mask, r0, c0, shape):
         idx = torch.stack([row[mask] - r0, col[mask] - c0])
-        return torch.sparse_coo_tensor(idx, val[mask], shape,
-                                       check_invariants=False).coalesce().to_sparse_csr()
+        return csr_from_parts(idx, val[mask], shape)
 
     return (block(ui, 0, num_users, (num_users, num_items)),
             block(iu, num_users, 0, (num_items, num_users)))

@@ -4,6 +4,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from mrdib_pyg.data.graphs import to_csr
+
 BACKENDS = ('csr', 'torch_sparse', 'coo')
 
 
@@ -60,7 +62,7 @@ class SparseOperator(nn.Module):
         self.backend = backend
         self.symmetric = symmetric
         self.shape = tuple(adj.shape)
-        adj = adj.to_sparse_csr() if adj.layout != torch.sparse_csr else adj
+        adj = to_csr(adj)
         if symmetric and self.shape[0] != self.shape[1]:
             raise ValueError(f"'{self.__class__.__name__}' got symmetric=True for a "
                              f"non-square matrix of shape {self.shape}")
@@ -69,7 +71,7 @@ class SparseOperator(nn.Module):
     def _set(self, adj: Tensor) -> None:
         if self.backend == 'csr':
             self.register_buffer('adj', adj, persistent=False)
-            adj_t = None if self.symmetric else adj.t().to_sparse_csr()
+            adj_t = None if self.symmetric else to_csr(adj.t())
             self.register_buffer('adj_t', adj_t, persistent=False)
         elif self.backend == 'coo':
             self.register_buffer('adj', adj.to_sparse_coo().coalesce(), persistent=False)

@@ -1,11 +1,10 @@
 r"""DualGNN's user–user aggregation over a per-epoch sample of co-interaction neighbours."""
-import warnings
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from mrdib_pyg.data.graphs import topk_per_row
+from mrdib_pyg.data.graphs import csr_tensor, topk_per_row
 from mrdib_pyg.nn.conv.sparse_op import SparseOperator
 
 WEIGHTINGS = ('softmax', 'mean')
@@ -160,10 +159,7 @@ class UserGraphConv(nn.Module):
             0, torch.arange(U, device=dev).repeat_interleave(first.sum(1)), keep.long())
         crow = torch.zeros(U + 1, dtype=torch.long, device=dev)
         crow[1:] = torch.cumsum(per_row, 0)
-        with warnings.catch_warnings():  # torch's "CSR support is in beta"
-            warnings.filterwarnings('ignore', message='.*Sparse CSR tensor')
-            w = torch.sparse_csr_tensor(crow, cols[keep], values[keep], (U, U),
-                                        check_invariants=False)
+        w = csr_tensor(crow, cols[keep], values[keep], (U, U))
         self.op = SparseOperator(w, backend=self.backend)
 
     def resample(self, generator: Optional[torch.Generator] = None) -> None:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mrdib_pyg.data.derived import GraphSpec, ItemKNN, UserItemGraph
+from mrdib_pyg.data.graphs import csr_tensor, to_csr
 from mrdib_pyg.data.sampling import BPRBatch
 from mrdib_pyg.nn.conv import LGPropagation, SparseOperator
 from mrdib_pyg.nn.conv.attention_fuser import AttentionFuser
@@ -21,7 +22,7 @@ from mrdib_pyg.nn.output import ModalityOutput, RecOutput
 def _finite_graph(adj: Tensor, modality: str) -> Tensor:
     # D^-1/2 of a negative weighted degree (signed features whose top-k cosines sum below
     # zero) is NaN; such items become isolated, as zero-degree items are.
-    adj = adj.to_sparse_csr() if adj.layout != torch.sparse_csr else adj
+    adj = to_csr(adj)
     values = adj.values()
     if bool(torch.isfinite(values).all()):
         return adj
@@ -29,9 +30,8 @@ def _finite_graph(adj: Tensor, modality: str) -> Tensor:
                   f"{int((~torch.isfinite(values)).sum())} non-finite weights (items whose "
                   f"top-k cosine similarities sum to a negative degree); they are set to 0, "
                   f"which isolates those items in this graph", stacklevel=3)
-    return torch.sparse_csr_tensor(adj.crow_indices(), adj.col_indices(),
-                                   torch.nan_to_num(values, nan=0., posinf=0., neginf=0.),
-                                   adj.shape)
+    return csr_tensor(adj.crow_indices(), adj.col_indices(),
+                      torch.nan_to_num(values, nan=0., posinf=0., neginf=0.), adj.shape)
 
 
 

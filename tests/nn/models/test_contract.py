@@ -147,3 +147,36 @@ def test_forward_batch_trains_as_the_full_tables(tiny, name):
         assert (g_full is None) == (g_part is None)
         if g_full is not None:
             assert torch.allclose(g_full, g_part, rtol=1e-4, atol=1e-6)
+
+
+_FRESH_PROCESS = r'''
+import sys, torch
+from mrdib_pyg.data import SyntheticMM
+from mrdib_pyg.train import TrainConfig, build_model, seed_everything
+data = SyntheticMM(num_users=40, num_items=30, image_dim=24, text_dim=12,
+                   interactions_per_user=(4, 8), seed=3)[0]
+seed_everything(0)
+model = build_model(TrainConfig(model=sys.argv[1], dataset='synthetic'), data)
+model.pre_epoch(0)
+out = model()
+sum(t.sum() for t in (out.user, out.item)).backward()
+model.eval()
+model.score(torch.arange(3))
+'''
+
+
+def test_no_torch_beta_warning_in_a_users_process():
+    # torch prints "Sparse CSR tensor support is in beta" once per process, at the first
+    # CSR tensor it makes: a user's first run of each model must not show it.
+    import subprocess
+    import sys
+    procs = {name: subprocess.Popen([sys.executable, '-c', _FRESH_PROCESS, name],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name in sorted(MODELS)}
+    leaked = {}
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"{name}: {err[-2000:]}"
+        if 'Sparse CSR tensor support' in err:
+            leaked[name] = err
+    assert not leaked, f"torch's beta warning printed by: {sorted(leaked)}"
