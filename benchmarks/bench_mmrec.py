@@ -72,6 +72,10 @@ SETTINGS = {
     'grcn-lastfwd': (('grcn', ['reg_weight=0.1', 'score_last_train_forward=True'],
                       ['--lr', '1.0']),
                      ('GRCN', ['reg_weight=0.1', 'learning_rate=1'])),
+    # MMRec's GRCN exactly: its ranking and its no-op routing (our default routes to users).
+    'grcn-mmrec': (('grcn', ['reg_weight=0.1', 'score_last_train_forward=True',
+                             'route_to_users=False'], ['--lr', '1.0']),
+                   ('GRCN', ['reg_weight=0.1', 'learning_rate=1'])),
     'mmgcn-lastfwd': (('mmgcn', ['reg_weight=0.0', 'score_last_train_forward=True'],
                        ['--lr', '0.0001']),
                       ('MMGCN', ['reg_weight=0', 'learning_rate=0.0001'])),
