@@ -51,7 +51,7 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------
-# Item-item kNN graphs
+# Sparse CSR constructors (every CSR matrix of the package is made here)
 # ---------------------------------------------------------------------------
 
 @contextlib.contextmanager
@@ -85,6 +85,11 @@ def to_csr(adj: Tensor) -> Tensor:
         return adj
     with quiet_sparse_beta():
         return adj.to_sparse_csr()
+
+
+# ---------------------------------------------------------------------------
+# Item-item kNN graphs
+# ---------------------------------------------------------------------------
 
 def item_knn_graph(
     x: Tensor,
