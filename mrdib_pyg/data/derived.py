@@ -35,8 +35,9 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 from torch_geometric.utils import coalesce
 
-from mrdib_pyg.data.graphs import (cached_graph, csr_from_parts, item_knn_graph, to_csr, row_norm_adj, sym_norm_adj,
-                                   tensor_fingerprint, user_cooccurrence_graph)
+from mrdib_pyg.data.graphs import (cached_graph, csr_from_parts, item_knn_graph, row_norm_adj,
+                                   sym_norm_adj, tensor_fingerprint, to_csr,
+                                   user_cooccurrence_graph)
 from mrdib_pyg.data.schema import ITEM, RATES, USER, item_features, modality_names
 
 __all__ = ['GraphSpec', 'UserItemGraph', 'TrainingEdges', 'ItemKNN',

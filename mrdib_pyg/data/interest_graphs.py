@@ -30,8 +30,8 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 from torch_geometric.utils import coalesce
 
-from mrdib_pyg.data.derived import GraphSpec, csr_from_parts
-from mrdib_pyg.data.graphs import csr_tensor, item_knn_graph, quiet_sparse_beta, sym_norm_adj
+from mrdib_pyg.data.derived import GraphSpec
+from mrdib_pyg.data.graphs import csr_from_parts, csr_tensor, item_knn_graph, sym_norm_adj
 from mrdib_pyg.data.schema import ITEM, RATES, USER, item_features, modality_names
 
 __all__ = ['attractiveness_edges', 'interest_pairs', 'pair_cosine', 'floored_sym_norm',
@@ -228,10 +228,7 @@ def interest_pairs(edge_index: Tensor, num_users: int, num_items: int,
     xs = _normalised(features, num_items, name)
     device = xs[0].device
     ei = ei.to(device)
-    with quiet_sparse_beta():
-        r = torch.sparse_coo_tensor(ei, torch.ones(ei.size(1), device=device),
-                                    (num_users, num_items),
-                                    check_invariants=False).to_sparse_csr()
+    r = csr_from_parts(ei, torch.ones(ei.size(1), device=device), (num_users, num_items))
     sets = []
     for x in xs:
         best_v = torch.empty(num_users, 0, device=device)

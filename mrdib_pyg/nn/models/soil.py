@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mrdib_pyg.data.derived import GraphSpec, UserItemGraph, csr_from_parts
+from mrdib_pyg.data.derived import GraphSpec, UserItemGraph
+from mrdib_pyg.data.graphs import csr_from_parts
 from mrdib_pyg.data.interest_graphs import AttractivenessGraph, InterestItemGraph
 from mrdib_pyg.data.sampling import BPRBatch
 from mrdib_pyg.nn.conv import AttentionFuser, LGPropagation, SparseOperator
