@@ -1,52 +1,108 @@
-r"""A/B: MRdIB's own cost per training batch, an older revision against this one, interleaved
+r"""A/B: MRdIB's own cost per training batch, older revisions against this one, interleaved
 step by step in one process on the same tensors (Baby shapes: 19,445 users, 7,050 items, two
-64-d modality tables with gradients, 2,048-triple batches; one thread). Medians over 55 steps
-each; the ratio is measured in one run, so machine load affects both alike.
+64-d modality tables with gradients, 2,048-triple batches; one thread). One step is everything
+MRdIB adds to a batch: its critic step, its loss terms, their backward into the tables and
+both optimiser steps. Medians over ``--steps`` steps each; the order of the versions rotates
+every step, so machine load affects all alike, and the ratios are measured in one run.
 
-The older revision is imported as a renamed package, e.g. for commit 89f3f67:
+An older revision is imported as a renamed package, e.g. for commit 89f3f67:
 
-    git worktree add /tmp/old 89f3f67
-    mkdir -p /tmp/oldpkg && cp -r /tmp/old/mrdib_pyg /tmp/oldpkg/mrdib_pyg_old
+    mkdir -p /tmp/oldpkg && git archive 89f3f67 mrdib_pyg | tar -x -C /tmp/oldpkg
+    mv /tmp/oldpkg/mrdib_pyg /tmp/oldpkg/mrdib_pyg_old
     grep -rl mrdib_pyg /tmp/oldpkg/mrdib_pyg_old | xargs sed -i 's/mrdib_pyg\b/mrdib_pyg_old/g'
-    python benchmarks/bench_mrdib_cost_ab.py /tmp/oldpkg benchmarks/results/mrdib_cost_ab.json
+    python benchmarks/bench_mrdib_cost_ab.py --version filing=/tmp/oldpkg:mrdib_pyg_old \
+        --out mrdib_cost_ab.json
+
+Several ``--version LABEL=DIR:PACKAGE`` may be given; the checkout's own ``mrdib_pyg`` is
+always measured, as ``current``. Revisions before ``encode_batch`` existed are driven through
+their own API (``critic_step_loss``, then ``forward``).
 """
-import sys, time, statistics, json
-sys.path.insert(0, sys.argv[1])
+import argparse
+import importlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
 import torch
-torch.set_num_threads(1)
-from mrdib_pyg.nn.mrdib import MRdIB as New
-from mrdib_pyg.nn.output import BPRBatch, ModalityOutput, RecOutput
-from mrdib_pyg_old.nn.mrdib import MRdIB as Old
-from mrdib_pyg_old.nn.output import BPRBatch as OBatch, ModalityOutput as OMO, RecOutput as ORO
-torch.manual_seed(0)
-U, I, d, B = 19445, 7050, 64, 2048
-tables = {m: torch.randn(I, d, requires_grad=True) for m in ('text', 'image')}
-theta = torch.randn(U, d, requires_grad=True)
-out = RecOutput(user=torch.randn(U, 2*d), item=torch.randn(I, 2*d), modalities={m: ModalityOutput(t) for m, t in tables.items()}, modality_user=theta)
-oout = ORO(user=out.user, item=out.item, modalities={m: OMO(t) for m, t in tables.items()}, modality_user=theta)
-new, old = New.from_output(out), Old.from_output(oout)
-opt = {k: (torch.optim.Adam(list(m.main_parameters()), lr=1e-3), torch.optim.Adam(m.critic_parameters(), lr=1e-3)) for k, m in (('new', new), ('old', old))}
-times = {'new': [], 'old': []}
-def step(kind, b):
-    mo, (mopt, copt) = (new if kind == 'new' else old), opt[kind]
-    t0 = time.perf_counter()
-    if kind == 'new':
-        enc = mo.encode_batch(out, b); copt.zero_grad(); mo.critic_loss(enc).backward(); copt.step()
-        loss = mo.loss_terms(out, b, enc).loss
-    else:
-        ob = OBatch(*b)
-        copt.zero_grad(); mo.critic_step_loss(oout, ob).backward(); copt.step()
-        loss = mo(oout, ob).loss
-    mopt.zero_grad()
-    for t in (*tables.values(), theta): t.grad = None
-    loss.backward(); mopt.step()
-    return time.perf_counter() - t0
-for i in range(60):
-    b = BPRBatch(torch.randint(0, U, (B,)), torch.randint(0, I, (B,)), torch.randint(0, I, (B,)))
-    order = ('new', 'old') if i % 2 else ('old', 'new')
-    for k in order:
-        t = step(k, b)
-        if i >= 5: times[k].append(t)
-med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
-print({k: round(v, 1) for k, v in med.items()}, 'ratio new/old', round(med['new'] / med['old'], 3))
-json.dump({'median_ms': med, 'ratio_new_over_old': med['new'] / med['old'], 'steps': len(times['new']), 'threads': 1}, open(sys.argv[2], 'w'), indent=1)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, print_table, write_json  # noqa: E402
+
+
+def load(package: str):
+    mrdib = importlib.import_module(f'{package}.nn.mrdib')
+    output = importlib.import_module(f'{package}.nn.output')
+    return mrdib.MRdIB, output.BPRBatch, output.ModalityOutput, output.RecOutput
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--version', action='append', default=[], metavar='LABEL=DIR:PACKAGE')
+    p.add_argument('--steps', type=int, default=55)
+    p.add_argument('--warmup', type=int, default=5)
+    p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--out', default='mrdib_cost_ab.json')
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    versions = {'current': load('mrdib_pyg')}
+    for spec in args.version:
+        label, _, where = spec.partition('=')
+        folder, _, package = where.rpartition(':')
+        sys.path.insert(0, folder)
+        versions[label] = load(package)
+
+    torch.manual_seed(0)
+    U, I, d, B = 19445, 7050, 64, 2048
+    tables = {m: torch.randn(I, d, requires_grad=True) for m in ('text', 'image')}
+    theta = torch.randn(U, d, requires_grad=True)
+    runs = {}
+    for label, (MRdIB, Batch, MO, RO) in versions.items():
+        out = RO(user=torch.randn(U, 2 * d), item=torch.randn(I, 2 * d),
+                 modalities={m: MO(t) for m, t in tables.items()}, modality_user=theta)
+        module = MRdIB.from_output(out)
+        runs[label] = dict(module=module, out=out, Batch=Batch,
+                           main=torch.optim.Adam(list(module.main_parameters()), lr=1e-3),
+                           critic=torch.optim.Adam(module.critic_parameters(), lr=1e-3))
+
+    def step(run, users, pos, neg):
+        module, out, batch = run['module'], run['out'], run['Batch'](users, pos, neg)
+        t0 = time.perf_counter()
+        run['critic'].zero_grad(set_to_none=True)
+        if hasattr(module, 'encode_batch'):  # one encoding, reused (detached) by the critic
+            enc = module.encode_batch(out, batch)
+            module.critic_loss(enc).backward()
+            run['critic'].step()
+            loss = module.loss_terms(out, batch, enc).loss
+        else:
+            module.critic_step_loss(out, batch).backward()
+            run['critic'].step()
+            loss = module(out, batch).loss
+        run['main'].zero_grad(set_to_none=True)
+        for t in (*tables.values(), theta):
+            t.grad = None
+        loss.backward()
+        run['main'].step()
+        return time.perf_counter() - t0
+
+    labels = list(runs)
+    times = {label: [] for label in labels}
+    for i in range(args.warmup + args.steps):
+        batch = (torch.randint(0, U, (B,)), torch.randint(0, I, (B,)), torch.randint(0, I, (B,)))
+        k = i % len(labels)
+        for label in labels[k:] + labels[:k]:
+            t = step(runs[label], *batch)
+            if i >= args.warmup:
+                times[label].append(t)
+    med = {label: 1e3 * statistics.median(v) for label, v in times.items()}
+    rows = [{'version': label, 'median ms': med[label],
+             'current / version': med['current'] / med[label]} for label in labels]
+    print_table(rows, list(rows[0]))
+    write_json(args.out, dict(args=vars(args), machine=machine(), median_ms=med,
+                              ratio_current_over={k: med['current'] / v for k, v in med.items()},
+                              steps=args.steps, threads=args.threads, times_ms={
+                                  k: [1e3 * t for t in v] for k, v in times.items()}))
+
+
+if __name__ == '__main__':
+    main()

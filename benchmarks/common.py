@@ -58,5 +58,5 @@ def write_json(name: str, payload: Dict) -> Path:
     path = RESULTS / name
     with open(path, 'w') as f:
         json.dump(payload, f, indent=1)
-    print(f'wrote {path.relative_to(REPO)}')
+    print(f'wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}')
     return path

@@ -1,21 +1,24 @@
 r"""Loss functions shared by the backbones and the MRdIB heads (MMRec's definitions)."""
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
-def bpr_loss(pos_score: Tensor, neg_score: Tensor) -> Tensor:
+def bpr_loss(pos_score: Tensor, neg_score: Tensor, dim: Optional[int] = None) -> Tensor:
     r"""Bayesian personalised ranking loss, as MMRec's ``BPRLoss``:
 
     .. math::
         -\frac{1}{B}\sum_b \log\left(10^{-10} + \sigma(s^+_b - s^-_b)\right)
 
     The :math:`10^{-10}` is MMRec's (a numerically safer ``logsigmoid`` would change values
-    slightly on saturated pairs, so we keep theirs).
+    slightly on saturated pairs, so we keep theirs). The mean runs over every element, or
+    over dimension :obj:`dim` only (e.g. :obj:`[B, H]` scores of :math:`H` heads give
+    :math:`H` losses).
     """
-    return -torch.log(1e-10 + torch.sigmoid(pos_score - neg_score)).mean()
+    loss = -torch.log(1e-10 + torch.sigmoid(pos_score - neg_score))
+    return loss.mean() if dim is None else loss.mean(dim)
 
 
 def emb_loss(embeddings: Sequence[Tensor], batch_size: int) -> Tensor:

@@ -118,7 +118,7 @@ class MINECritic(nn.Module):
         # the joint and the shuffled pairs (half the first layer's work on 2N concatenations)
         pa = F.linear(a, w1[:, :self.dim_a], b1)
         pb = F.linear(b, w1[:, self.dim_a:])
-        h = F.relu(torch.cat([pa + pb, pa + pb[marginal_perm]], dim=0))
+        h = F.relu(torch.cat([pa + pb, pa + pb.index_select(0, marginal_perm)], dim=0))
         t = F.linear(h, w2, b2).squeeze(-1)
         return t[:a.size(0)], t[a.size(0):]
 
