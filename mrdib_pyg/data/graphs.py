@@ -54,29 +54,48 @@ __all__ = [
 # Sparse CSR constructors (every CSR matrix of the package is made here)
 # ---------------------------------------------------------------------------
 
+_CSR_BETA_SEEN = False  # torch has issued its one-time warning (silenced) in this process
+
+
 @contextlib.contextmanager
 def quiet_sparse_beta():
     r"""Silences torch's one-time "Sparse CSR tensor support is in beta" warning, which
     says nothing a user can act on (every CSR construction and CSR product here runs in
-    this context, so the first one in a process does not print it)."""
+    this context, so the first one in a process does not print it).
+
+    torch issues that warning once per process, so after the first CSR tensor made here
+    this is a no-op: entering :class:`warnings.catch_warnings` on every training step would
+    reset Python's record of shown warnings, and a user's own once-per-location warnings
+    would then print on every step."""
+    if _CSR_BETA_SEEN:
+        yield
+        return
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*Sparse CSR tensor support')
         yield
+
+
+def _made_csr(csr: Tensor) -> Tensor:
+    r"""Records that a CSR tensor exists (so torch's one-time warning has been issued)."""
+    global _CSR_BETA_SEEN
+    _CSR_BETA_SEEN = True
+    return csr
 
 
 def csr_tensor(crow: Tensor, col: Tensor, values: Tensor, shape) -> Tensor:
     r""":func:`torch.sparse_csr_tensor` without the invariant check (callers build valid
     patterns) and without torch's beta warning."""
     with quiet_sparse_beta():
-        return torch.sparse_csr_tensor(crow, col, values, tuple(shape), check_invariants=False)
+        return _made_csr(torch.sparse_csr_tensor(crow, col, values, tuple(shape),
+                                                 check_invariants=False))
 
 
 def csr_from_parts(indices: Tensor, values: Tensor, shape) -> Tensor:
     r"""A CSR matrix from COO :obj:`indices`/:obj:`values`, duplicated pairs summed (how
     graphs are built and cached)."""
     with quiet_sparse_beta():
-        return torch.sparse_coo_tensor(indices, values, tuple(shape),
-                                       check_invariants=False).coalesce().to_sparse_csr()
+        coo = torch.sparse_coo_tensor(indices, values, tuple(shape), check_invariants=False)
+        return _made_csr(coo.coalesce().to_sparse_csr())
 
 
 def to_csr(adj: Tensor) -> Tensor:
@@ -84,7 +103,7 @@ def to_csr(adj: Tensor) -> Tensor:
     if adj.layout == torch.sparse_csr:
         return adj
     with quiet_sparse_beta():
-        return adj.to_sparse_csr()
+        return _made_csr(adj.to_sparse_csr())
 
 
 # ---------------------------------------------------------------------------
