@@ -18,14 +18,13 @@ after a change is measured by running it on both checkouts in one session, alter
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, print_table, write_json  # noqa: E402
+from common import machine, mrdib_step, print_table, write_json  # noqa: E402
 
 from mrdib_pyg.nn.mrdib import MRdIB  # noqa: E402
 from mrdib_pyg.nn.output import BPRBatch, ModalityOutput, RecOutput  # noqa: E402
@@ -56,34 +55,15 @@ def main():
     mrdib = MRdIB.from_output(out)
     main_opt = torch.optim.Adam(list(mrdib.main_parameters()), lr=1e-3)
     critic_opt = torch.optim.Adam(mrdib.critic_parameters(), lr=1e-3)
-    new_api = hasattr(mrdib, 'encode_batch')
     critic_s, loss_s, total_s = [], [], []
 
     def step():
         batch = BPRBatch(torch.randint(0, args.users, (args.batch,)),
                          torch.randint(0, args.items, (args.batch,)),
                          torch.randint(0, args.items, (args.batch,)))
-        t0 = time.perf_counter()
-        if new_api:  # one encoding of the batch, reused (detached) by the critic
-            enc = mrdib.encode_batch(out, batch)
-            critic_opt.zero_grad(set_to_none=True)
-            mrdib.critic_loss(enc).backward()
-            critic_opt.step()
-            t1 = time.perf_counter()
-            loss = mrdib.loss_terms(out, batch, enc).loss
-        else:  # the previous implementation: the critic step encodes the batch again
-            critic_opt.zero_grad(set_to_none=True)
-            mrdib.critic_step_loss(out, batch).backward()
-            critic_opt.step()
-            t1 = time.perf_counter()
-            loss = mrdib(out, batch).loss
-        main_opt.zero_grad(set_to_none=True)
-        for t in (*tables.values(), theta):
-            t.grad = None
-        loss.backward()
-        main_opt.step()
-        t2 = time.perf_counter()
-        return t1 - t0, t2 - t1, t2 - t0
+        critic, rest = mrdib_step(mrdib, out, batch, main_opt, critic_opt,
+                                  (*tables.values(), theta))
+        return critic, rest, critic + rest
 
     for i in range(args.warmup + args.steps):
         times = step()

@@ -14,20 +14,18 @@ An older revision is imported as a renamed package, e.g. for commit 89f3f67:
         --out mrdib_cost_ab.json
 
 Several ``--version LABEL=DIR:PACKAGE`` may be given; the checkout's own ``mrdib_pyg`` is
-always measured, as ``current``. Revisions before ``encode_batch`` existed are driven through
-their own API (``critic_step_loss``, then ``forward``).
+always measured, as ``current``.
 """
 import argparse
 import importlib
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, print_table, write_json  # noqa: E402
+from common import machine, mrdib_step, print_table, write_json  # noqa: E402
 
 
 def load(package: str):
@@ -66,24 +64,8 @@ def main():
                            critic=torch.optim.Adam(module.critic_parameters(), lr=1e-3))
 
     def step(run, users, pos, neg):
-        module, out, batch = run['module'], run['out'], run['Batch'](users, pos, neg)
-        t0 = time.perf_counter()
-        run['critic'].zero_grad(set_to_none=True)
-        if hasattr(module, 'encode_batch'):  # one encoding, reused (detached) by the critic
-            enc = module.encode_batch(out, batch)
-            module.critic_loss(enc).backward()
-            run['critic'].step()
-            loss = module.loss_terms(out, batch, enc).loss
-        else:
-            module.critic_step_loss(out, batch).backward()
-            run['critic'].step()
-            loss = module(out, batch).loss
-        run['main'].zero_grad(set_to_none=True)
-        for t in (*tables.values(), theta):
-            t.grad = None
-        loss.backward()
-        run['main'].step()
-        return time.perf_counter() - t0
+        return sum(mrdib_step(run['module'], run['out'], run['Batch'](users, pos, neg),
+                              run['main'], run['critic'], (*tables.values(), theta)))
 
     labels = list(runs)
     times = {label: [] for label in labels}

@@ -4,8 +4,9 @@ import os
 import platform
 import shutil
 import sys
+import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 
@@ -31,6 +32,33 @@ def load_baby(root: Path = REPO / 'datasets', generated: bool = True):
     if generated:
         data = attach_generated_features(data, seed=0)
     return data
+
+
+def mrdib_step(module, out, batch, main_opt, critic_opt, tables) -> Tuple[float, float]:
+    r"""Everything MRdIB adds to one training batch, timed: its critic step, then its loss
+    terms, their backward into :obj:`tables` (the backbone's, whose gradients are reset
+    first) and the main optimiser's step. Returns (critic seconds, loss+backward seconds).
+    Revisions before ``encode_batch`` existed are driven through their own API (the critic
+    step encodes the batch again, then ``forward``)."""
+    t0 = time.perf_counter()
+    critic_opt.zero_grad(set_to_none=True)
+    if hasattr(module, 'encode_batch'):  # one encoding, reused (detached) by the critic
+        enc = module.encode_batch(out, batch)
+        module.critic_loss(enc).backward()
+        critic_opt.step()
+        t1 = time.perf_counter()
+        loss = module.loss_terms(out, batch, enc).loss
+    else:
+        module.critic_step_loss(out, batch).backward()
+        critic_opt.step()
+        t1 = time.perf_counter()
+        loss = module(out, batch).loss
+    main_opt.zero_grad(set_to_none=True)
+    for t in tables:
+        t.grad = None
+    loss.backward()
+    main_opt.step()
+    return t1 - t0, time.perf_counter() - t1
 
 
 def machine() -> Dict[str, str]:
