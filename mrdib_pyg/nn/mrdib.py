@@ -59,8 +59,6 @@ class BatchEncoding:
         mu (dict), logvar (dict), std (dict), z (dict): modality :math:`\rightarrow`
             :obj:`[N, d]` (:obj:`std` :math:`= e^{\ell/2}`, computed once for the sample, the
             KL and the logs).
-        rows (Tensor, optional): :obj:`[2B]` :obj:`pos` then :obj:`neg` (one gather serves
-            both sides; built from them when not given).
     """
     items: Tensor
     pos: Tensor
@@ -70,11 +68,6 @@ class BatchEncoding:
     logvar: Dict[str, Tensor]
     std: Dict[str, Tensor]
     z: Dict[str, Tensor]
-    rows: Optional[Tensor] = None
-
-    def __post_init__(self):
-        if self.rows is None:
-            self.rows = torch.cat([self.pos, self.neg])
 
     def mine_pairs(self, detach: bool = False) -> Dict[str, Tensor]:
         r"""Modality :math:`\rightarrow` :obj:`[P, d]` samples of the unique positives."""
@@ -542,8 +535,7 @@ class MRdIB(nn.Module):
                 z[m] = torch.addcmul(mu[m], torch.randn_like(mu[m]), std[m])
             else:
                 z[m] = mu[m]
-        return BatchEncoding(items, inverse[:B], inverse[B:], mine_rows, mu, logvar, std, z,
-                             rows=inverse)
+        return BatchEncoding(items, inverse[:B], inverse[B:], mine_rows, mu, logvar, std, z)
 
     # -- losses ---------------------------------------------------------------------------
     def loss_terms(self, out: RecOutput, batch: BPRBatch, enc: Optional[BatchEncoding] = None,
@@ -574,7 +566,8 @@ class MRdIB(nn.Module):
             user_heads, item_heads = u_bar, self.fusion(z_all)
         H = item_heads.size(-1) // d
         # one gather serves the positive and the negative side of every head
-        item_rows = item_heads.index_select(0, enc.rows).view(2, B, H, d)
+        pos_neg = torch.cat([enc.pos, enc.neg])
+        item_rows = item_heads.index_select(0, pos_neg).view(2, B, H, d)
         scores = (item_rows * user_heads.view(1, B, H, d)).sum(-1)  # [2, B, H]
         head_bpr = bpr_loss(scores[0], scores[1], dim=0)  # [H]
         terms['synergy'] = head_bpr[-1]
