@@ -423,11 +423,15 @@ class MRdIB(nn.Module):
         and dtype of its modality tables). :obj:`ablation` names a switch set
         (:meth:`ablation`); other keyword arguments go to the constructor."""
         n = len(out.modalities)
-        if n < 2:
+        if n == 0:
             raise ValueError(
                 f"{cls.__name__} needs a backbone with per-modality outputs (>= 2 modalities); "
-                f"got {n}{' (' + ', '.join(out.modalities) + ')' if n else ''} — ID-only "
-                f"backbones such as LightGCN and BPR-MF cannot use it")
+                f"got none — ID-only backbones such as LightGCN and BPR-MF cannot use it")
+        if n == 1:
+            raise ValueError(
+                f"{cls.__name__} needs at least 2 modalities (its redundant and synergy terms "
+                f"compare modalities); the backbone has one ({next(iter(out.modalities))}): "
+                f"add a second modality's features, or train without MRdIB")
         if ablation is not None:
             for key, value in cls.ablation(ablation).items():
                 if key in kwargs and kwargs[key] != value:
