@@ -611,8 +611,13 @@ def read_raw_folder(folder: str, name: str, strict: bool = False,
     if rows is not None and rows != num_items:
         bound_from = (f"'{maps['item'][1]}' gives" if 'item' in maps else
                       "the interactions give (max item id + 1)")
+        hint = ''
+        if rows > num_items and 'item' not in maps:
+            hint = (f" (items {num_items}..{rows - 1} occur in no split; the item count is "
+                    f"the largest item id + 1, as in MMRec, so drop those feature rows or "
+                    f"give each of those items an interaction)")
         raise _fail(first, f"{rows} feature rows but {bound_from} {num_items} items; "
-                    f"expected one row per item")
+                    f"expected one row per item{hint}")
 
     missing = {}
     for f in sorted(os.listdir(folder)):

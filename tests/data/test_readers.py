@@ -240,7 +240,8 @@ def test_read_raw_folder_id_beyond_map(make_json):
 def test_read_raw_folder_feature_rows(make_mmrec):
     root = make_mmrec(features={'image': np.ones((6, 3))})
     with pytest.raises(DatasetFormatError,
-                       match=r"image_feat.npy.*6 feature rows but .* 5 items"):
+                       match=r"image_feat.npy.*6 feature rows but .* 5 items; expected one "
+                             r"row per item \(items 5\.\.5 occur in no split"):
         read_raw_folder(str(root / 'toy' / 'raw'), 'toy')
 
 
