@@ -82,8 +82,14 @@ def _fmt(v) -> str:
 
 
 def write_json(name: str, payload: Dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    r"""Writes :obj:`payload` to :obj:`name` under ``benchmarks/results`` (a name given as
+    ``benchmarks/results/X.json`` means the same file; an absolute path is kept). Missing
+    folders are made: a long run must never lose its results to the output path."""
+    name = Path(name)
+    if not name.is_absolute() and name.parts[:2] == ('benchmarks', 'results'):
+        name = Path(*name.parts[2:])
     path = RESULTS / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, 'w') as f:
         json.dump(payload, f, indent=1)
     print(f'wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}')
