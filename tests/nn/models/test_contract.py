@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mrdib_pyg.data import BPRBatch, SyntheticMM
-from mrdib_pyg.data.schema import ITEM, RATES, USER
+from mrdib_pyg.data.schema import ITEM, RATES, USER, build_heterodata
 from mrdib_pyg.evaluate import FullRankEvaluator
 from mrdib_pyg.nn.models import MODELS, MultimodalRecommender
 from mrdib_pyg.nn.mrdib import MRdIB
@@ -99,6 +99,45 @@ def test_modalities_and_mrdib_attach_without_touching_the_backbone(tiny, name):
     after = model.state_dict()
     assert sorted(after) == sorted(before)
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def with_modalities(data, dims):
+    r""":obj:`data`'s users, items and splits with other modalities: :obj:`dims` maps each
+    modality name to its width (image-like ones non-negative, as CNN features)."""
+    g = torch.Generator().manual_seed(1)
+    feats = {m: torch.randn(data[ITEM].num_nodes, d, generator=g) for m, d in dims.items()}
+    feats = {m: x.abs() if m == 'image' else x for m, x in feats.items()}
+    splits = [data[RATES].edge_index] + [data[RATES][f'{s}_edge_index'] for s in ('val', 'test')]
+    return build_heterodata(data[USER].num_nodes, data[ITEM].num_nodes, *splits, feats)
+
+
+@pytest.mark.parametrize('dims', [{'text': 7}, {'image': 24, 'text': 12, 'audio': 5}],
+                         ids=['text-only', 'three-modalities'])
+@pytest.mark.parametrize('name', sorted(MODELS))
+def test_any_number_of_modalities_with_any_names(tiny, name, dims):
+    # A user's own folder may hold one modality, or a third one under its own name.
+    data = with_modalities(tiny, dims)
+    model = make(name, data)
+    model.pre_epoch(0)
+    out = model()
+    loss = model.loss(out, batch(data))
+    assert torch.isfinite(loss)
+    loss.backward()
+    model.eval()
+    assert torch.isfinite(model.score(torch.tensor([0, 5]))).all()
+    if not model.multimodal:
+        return
+    assert sorted(out.modalities) == sorted(dims)
+    model.train()
+    out = model()
+    if len(dims) == 1:
+        with pytest.raises(ValueError, match='at least 2 modalities'):
+            MRdIB.from_output(out)
+        return
+    mrdib = MRdIB.from_output(out)
+    assert len(mrdib.pairs) == 3
+    res = mrdib(out, batch(data))
+    assert torch.isfinite(res.loss) and torch.isfinite(res.terms['redundant'])
 
 
 def popularity_recall(data, k=20):
