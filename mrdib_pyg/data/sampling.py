@@ -15,6 +15,13 @@ class BPRBatch(NamedTuple):
     def to(self, device) -> 'BPRBatch':
         return BPRBatch(*(t.to(device, non_blocking=True) for t in self))
 
+    def rows(self, user: Tensor, item: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        r"""The batch's rows of a user and an item table, :obj:`([B, *], [B, *], [B, *])`
+        for (users, positives, negatives). :meth:`~torch.Tensor.index_select`: the same
+        values as :obj:`user[batch.users]`, with a faster forward and backward on a CPU."""
+        return (user.index_select(0, self.users), item.index_select(0, self.pos),
+                item.index_select(0, self.neg))
+
     def reindex_items(self) -> Tuple[Tensor, 'BPRBatch']:
         r"""The distinct items of :obj:`pos` :math:`\cup` :obj:`neg` (sorted) and the batch
         with its items replaced by their rows in that list: for a backbone that computes

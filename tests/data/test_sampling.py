@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mrdib_pyg.data.sampling import BPRSampler
+from mrdib_pyg.data.sampling import BPRBatch, BPRSampler
 
 
 def edges(U=40, I=25, E=400, seed=0):
@@ -51,3 +51,22 @@ def test_user_who_rated_everything_raises():
     s = BPRSampler(ei, 2, 2, batch_size=4)
     with pytest.raises(RuntimeError, match='every training item'):
         list(s)
+
+
+def test_batch_rows_equal_indexing_in_value_and_gradient():
+    g = torch.Generator().manual_seed(0)
+    user = torch.randn(7, 3, generator=g, requires_grad=True)
+    item = torch.randn(5, 3, generator=g, requires_grad=True)
+    batch = BPRBatch(torch.tensor([0, 6, 6, 2]), torch.tensor([1, 1, 4, 0]),
+                     torch.tensor([3, 2, 2, 4]))
+    weights = torch.randn(3, 4, 3, generator=g)
+    got = batch.rows(user, item)
+    want = (user[batch.users], item[batch.pos], item[batch.neg])
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    grads = []
+    for rows in (got, want):
+        loss = sum((w * r).sum() for w, r in zip(weights, rows))
+        grads.append(torch.autograd.grad(loss, (user, item)))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b)

@@ -108,9 +108,8 @@ class Recommender(nn.Module):
 
     def loss(self, out: RecOutput, batch: BPRBatch) -> Tensor:
         r"""The backbone's own loss: BPR on the final tables plus :meth:`regularizer`."""
-        u = out.user[batch.users]
-        pos = (u * out.item[batch.pos]).sum(-1)
-        neg = (u * out.item[batch.neg]).sum(-1)
+        u, pos, neg = batch.rows(out.user, out.item)
+        pos, neg = (u * pos).sum(-1), (u * neg).sum(-1)
         return bpr_loss(pos, neg) + self.regularizer(out, batch)
 
     # -- inference --------------------------------------------------------------------

@@ -46,5 +46,5 @@ class BPRMF(Recommender):
 
     def regularizer(self, out: RecOutput, batch: BPRBatch) -> Tensor:
         return self.reg_weight * emb_loss(
-            [out.user[batch.users], out.item[batch.pos], out.item[batch.neg]],
+            list(batch.rows(out.user, out.item)),
             batch.users.numel())

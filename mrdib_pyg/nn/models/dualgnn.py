@@ -263,8 +263,8 @@ class DualGNN(MultimodalRecommender):
     def loss(self, out: RecOutput, batch: BPRBatch) -> Tensor:
         r"""MMRec's :math:`-\operatorname{mean}\log_2\sigma(s^+ - s^-)` plus
         :meth:`regularizer`."""
-        u = out.user[batch.users]
-        diff = (u * out.item[batch.pos]).sum(-1) - (u * out.item[batch.neg]).sum(-1)
+        u, pos, neg = batch.rows(out.user, out.item)
+        diff = (u * pos).sum(-1) - (u * neg).sum(-1)
         return -F.logsigmoid(diff).mean() / math.log(2.0) + self.regularizer(out, batch)
 
     def extra_repr(self) -> str:

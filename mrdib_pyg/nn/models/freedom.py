@@ -264,11 +264,11 @@ class FREEDOM(MultimodalRecommender):
         r""":math:`\mathrm{BPR}(\mathbf{u}, \mathbf{i}) + \lambda\sum_m
         \mathrm{BPR}(\mathbf{u}, \mathbf{x}^m)` on the batch (modalities in
         :attr:`modalities` order, MMRec's text then image)."""
-        u = out.user[batch.users]
-        loss = logsigmoid_bpr(u, out.item[batch.pos], out.item[batch.neg])
+        u, pos, neg = batch.rows(out.user, out.item)
+        loss = logsigmoid_bpr(u, pos, neg)
         if self.reg_weight != 0:
-            modal = sum(logsigmoid_bpr(u, out.modalities[m].item[batch.pos],
-                                       out.modalities[m].item[batch.neg])
+            modal = sum(logsigmoid_bpr(u, out.modalities[m].item.index_select(0, batch.pos),
+                                       out.modalities[m].item.index_select(0, batch.neg))
                         for m in self.modalities)
             loss = loss + self.reg_weight * modal
         return loss

@@ -192,10 +192,11 @@ class GRCN(MultimodalRecommender):
 
     def regularizer(self, out: RecOutput, batch: BPRBatch) -> Tensor:
         e, U = self.id_embedding, self.num_users
-        reg = (e[batch.users].pow(2).mean()
-               + 0.5 * (e[U + batch.pos].pow(2).mean() + e[U + batch.neg].pow(2).mean()))
+        reg = (e.index_select(0, batch.users).pow(2).mean()
+               + 0.5 * (e.index_select(0, U + batch.pos).pow(2).mean()
+                      + e.index_select(0, U + batch.neg).pow(2).mean()))
         for m in self.modalities:
-            reg = reg + self.preference(m)[batch.users].pow(2).mean()
+            reg = reg + self.preference(m).index_select(0, batch.users).pow(2).mean()
         for m in self.reg_preferences:
             if m in self.refiner.convs:
                 reg = reg + self.preference(m).pow(2).mean()

@@ -296,14 +296,13 @@ class LATTICE(MultimodalRecommender):
         and negative rows, over the batch size (or :obj:`reg_batch_size`)."""
         if self.reg_weight == 0:
             return out.user.new_zeros(())
-        rows = [out.user[batch.users], out.item[batch.pos], out.item[batch.neg]]
+        rows = list(batch.rows(out.user, out.item))
         size = self.reg_batch_size or batch.users.numel()
         return self.reg_weight * l2_loss(rows, size)
 
     def loss(self, out: RecOutput, batch: BPRBatch) -> Tensor:
-        u = out.user[batch.users]
-        pos = (u * out.item[batch.pos]).sum(-1)
-        neg = (u * out.item[batch.neg]).sum(-1)
+        u, pos, neg = batch.rows(out.user, out.item)
+        pos, neg = (u * pos).sum(-1), (u * neg).sum(-1)
         # LATTICE's own BPR is logsigmoid (not the shared bpr_loss's log(1e-10 + sigmoid)).
         return -F.logsigmoid(pos - neg).mean() + self.regularizer(out, batch)
 

@@ -382,7 +382,7 @@ class LGMRec(MultimodalRecommender):
     def regularizer(self, out: RecOutput, batch: BPRBatch) -> Tensor:
         r""":math:`\lambda` times the summed Frobenius norms of the batch's final user,
         positive and negative rows, over the batch size (MMRec's ``reg_loss``)."""
-        rows = [out.user[batch.users], out.item[batch.pos], out.item[batch.neg]]
+        rows = list(batch.rows(out.user, out.item))
         return self.reg_weight * emb_loss(rows, batch.users.numel())
 
     def contrastive_loss(self, out: RecOutput, batch: BPRBatch) -> Tensor:
@@ -395,16 +395,16 @@ class LGMRec(MultimodalRecommender):
         total = out.user.new_zeros(())
         for a, b in self.cl_pairs:
             ub, ib, z = x[f'hyper_user/{b}'], x[f'hyper_item/{b}'], x[f'hyper_state/{b}']
-            total = total + table_info_nce(x[f'hyper_user/{a}'][batch.users],
-                                           ub[batch.users], ub, self.tau,
+            total = total + table_info_nce(x[f'hyper_user/{a}'].index_select(0, batch.users),
+                                           ub.index_select(0, batch.users), ub, self.tau,
                                            (x[f'hyper_assign_user/{b}'], z))
-            total = total + table_info_nce(x[f'hyper_item/{a}'][batch.pos],
-                                           ib[batch.pos], ib, self.tau,
+            total = total + table_info_nce(x[f'hyper_item/{a}'].index_select(0, batch.pos),
+                                           ib.index_select(0, batch.pos), ib, self.tau,
                                            (x[f'hyper_assign_item/{b}'], z))
         return total
 
     def loss(self, out: RecOutput, batch: BPRBatch) -> Tensor:
-        u, p, n = out.user[batch.users], out.item[batch.pos], out.item[batch.neg]
+        u, p, n = batch.rows(out.user, out.item)
         loss = -F.logsigmoid((u * p).sum(-1) - (u * n).sum(-1)).mean()
         if self.cl_weight and self.cl_pairs:
             loss = loss + self.cl_weight * self.contrastive_loss(out, batch)

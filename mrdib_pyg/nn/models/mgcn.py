@@ -263,7 +263,7 @@ class MGCN(MultimodalRecommender):
     def regularizer(self, out: RecOutput, batch: BPRBatch) -> Tensor:
         r""":math:`\lambda` times half the squared norm of the batch's final user, positive
         and negative rows, over the batch size (or :obj:`reg_batch_size`)."""
-        rows = [out.user[batch.users], out.item[batch.pos], out.item[batch.neg]]
+        rows = list(batch.rows(out.user, out.item))
         return self._l2(rows, batch)
 
     def _l2(self, rows, batch: BPRBatch) -> Tensor:
@@ -277,10 +277,11 @@ class MGCN(MultimodalRecommender):
         side, content = out.extras['side'], out.extras['content']
         items = batch.pos + self.num_users
         return (info_nce(side[items], content[items], self.cl_temperature)
-                + info_nce(side[batch.users], content[batch.users], self.cl_temperature))
+                + info_nce(side.index_select(0, batch.users),
+                           content.index_select(0, batch.users), self.cl_temperature))
 
     def loss(self, out: RecOutput, batch: BPRBatch) -> Tensor:
-        u, p, n = out.user[batch.users], out.item[batch.pos], out.item[batch.neg]
+        u, p, n = batch.rows(out.user, out.item)
         # MGCN's BPR is logsigmoid (not the shared bpr_loss's log(1e-10 + sigmoid)).
         mf = -F.logsigmoid((u * p).sum(-1) - (u * n).sum(-1)).mean()
         loss = mf + self._l2([u, p, n], batch)

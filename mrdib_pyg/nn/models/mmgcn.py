@@ -185,8 +185,9 @@ class MMGCN(MultimodalRecommender):
 
     def regularizer(self, out: RecOutput, batch: BPRBatch) -> Tensor:
         e, U = self.id_embedding, self.num_users
-        reg = (e[batch.users].pow(2).mean()
-               + 0.5 * (e[U + batch.pos].pow(2).mean() + e[U + batch.neg].pow(2).mean()))
+        reg = (e.index_select(0, batch.users).pow(2).mean()
+               + 0.5 * (e.index_select(0, U + batch.pos).pow(2).mean()
+                      + e.index_select(0, U + batch.neg).pow(2).mean()))
         for m in self.reg_preferences:
             if m in self.encoders:
                 reg = reg + self.encoders[m].preference.pow(2).mean()

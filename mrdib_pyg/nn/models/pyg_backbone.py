@@ -275,7 +275,7 @@ class PyGBackbone(Recommender):
         if self.reg_weight == 0:
             return out.user.new_zeros(())
         users, items = out.extras['user_ego'], out.extras['item_ego']
-        rows = (users[batch.users], items[batch.pos], items[batch.neg])
+        rows = batch.rows(users, items)
         return self.reg_weight * emb_loss(rows, batch.users.numel())
 
     def extra_repr(self) -> str:

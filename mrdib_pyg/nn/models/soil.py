@@ -259,14 +259,15 @@ class SOIL(MultimodalRecommender):
         rows vs the positive items' content and side rows."""
         side, content = out.extras['side'], out.extras['content']
         items, t = batch.pos + self.num_users, self.cl_temperature
-        user = out.user[batch.users]
+        user = out.user.index_select(0, batch.users)
         l_ii = (info_nce(side[items], content[items], t)
-                + info_nce(side[batch.users], content[batch.users], t))
+                + info_nce(side.index_select(0, batch.users),
+                           content.index_select(0, batch.users), t))
         l_ui = info_nce(user, content[items], t) + info_nce(user, side[items], t)
         return l_ii, l_ui
 
     def loss(self, out: RecOutput, batch: BPRBatch) -> Tensor:
-        u, p, n = out.user[batch.users], out.item[batch.pos], out.item[batch.neg]
+        u, p, n = batch.rows(out.user, out.item)
         # SOIL's BPR is logsigmoid (not the shared bpr_loss's log(1e-10 + sigmoid)).
         loss = -F.logsigmoid((u * p).sum(-1) - (u * n).sum(-1)).mean()
         if self.cl_loss or self.cl_loss2:

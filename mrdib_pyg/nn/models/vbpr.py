@@ -96,8 +96,7 @@ class VBPR(MultimodalRecommender):
         return self.forward(items), batch
 
     def regularizer(self, out: RecOutput, batch: BPRBatch) -> Tensor:
-        return self._reg([out.user[batch.users], out.item[batch.pos], out.item[batch.neg]],
-                         batch)
+        return self._reg(batch.rows(out.user, out.item), batch)
 
     def _reg(self, rows, batch: BPRBatch) -> Tensor:
         return self.reg_weight * emb_loss(rows, batch.users.numel())
@@ -106,7 +105,7 @@ class VBPR(MultimodalRecommender):
         r"""BPR + :meth:`regularizer`, with each row gathered once for both (the same value
         as the base class's; one gather of the user table fewer, whose backward zero-fills
         the whole table)."""
-        u, pos, neg = out.user[batch.users], out.item[batch.pos], out.item[batch.neg]
+        u, pos, neg = batch.rows(out.user, out.item)
         return bpr_loss((u * pos).sum(-1), (u * neg).sum(-1)) + self._reg([u, pos, neg], batch)
 
     def extra_repr(self) -> str:
