@@ -46,5 +46,5 @@ class BPRMF(Recommender):
 
     def regularizer(self, out: RecOutput, batch: BPRBatch) -> Tensor:
         return self.reg_weight * emb_loss(
-            list(batch.rows(out.user, out.item)),
+            batch.rows(out.user, out.item),
             batch.users.numel())

@@ -296,7 +296,7 @@ class LATTICE(MultimodalRecommender):
         and negative rows, over the batch size (or :obj:`reg_batch_size`)."""
         if self.reg_weight == 0:
             return out.user.new_zeros(())
-        rows = list(batch.rows(out.user, out.item))
+        rows = batch.rows(out.user, out.item)
         size = self.reg_batch_size or batch.users.numel()
         return self.reg_weight * l2_loss(rows, size)
 

@@ -382,7 +382,7 @@ class LGMRec(MultimodalRecommender):
     def regularizer(self, out: RecOutput, batch: BPRBatch) -> Tensor:
         r""":math:`\lambda` times the summed Frobenius norms of the batch's final user,
         positive and negative rows, over the batch size (MMRec's ``reg_loss``)."""
-        rows = list(batch.rows(out.user, out.item))
+        rows = batch.rows(out.user, out.item)
         return self.reg_weight * emb_loss(rows, batch.users.numel())
 
     def contrastive_loss(self, out: RecOutput, batch: BPRBatch) -> Tensor:

@@ -61,7 +61,7 @@ class LightGCN(Recommender):
 
     def regularizer(self, out: RecOutput, batch: BPRBatch) -> Tensor:
         return self.reg_weight * emb_loss(
-            list(batch.rows(self.user_emb, self.item_emb)),
+            batch.rows(self.user_emb, self.item_emb),
             batch.users.numel())
 
     def extra_repr(self) -> str:

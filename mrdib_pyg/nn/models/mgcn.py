@@ -263,7 +263,7 @@ class MGCN(MultimodalRecommender):
     def regularizer(self, out: RecOutput, batch: BPRBatch) -> Tensor:
         r""":math:`\lambda` times half the squared norm of the batch's final user, positive
         and negative rows, over the batch size (or :obj:`reg_batch_size`)."""
-        rows = list(batch.rows(out.user, out.item))
+        rows = batch.rows(out.user, out.item)
         return self._l2(rows, batch)
 
     def _l2(self, rows, batch: BPRBatch) -> Tensor:
@@ -276,7 +276,8 @@ class MGCN(MultimodalRecommender):
         :obj:`cl_loss`)."""
         side, content = out.extras['side'], out.extras['content']
         items = batch.pos + self.num_users
-        return (info_nce(side[items], content[items], self.cl_temperature)
+        return (info_nce(side.index_select(0, items), content.index_select(0, items),
+                         self.cl_temperature)
                 + info_nce(side.index_select(0, batch.users),
                            content.index_select(0, batch.users), self.cl_temperature))
 

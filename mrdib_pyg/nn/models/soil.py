@@ -260,10 +260,11 @@ class SOIL(MultimodalRecommender):
         side, content = out.extras['side'], out.extras['content']
         items, t = batch.pos + self.num_users, self.cl_temperature
         user = out.user.index_select(0, batch.users)
-        l_ii = (info_nce(side[items], content[items], t)
+        side_i, content_i = side.index_select(0, items), content.index_select(0, items)
+        l_ii = (info_nce(side_i, content_i, t)
                 + info_nce(side.index_select(0, batch.users),
                            content.index_select(0, batch.users), t))
-        l_ui = info_nce(user, content[items], t) + info_nce(user, side[items], t)
+        l_ui = info_nce(user, content_i, t) + info_nce(user, side_i, t)
         return l_ii, l_ui
 
     def loss(self, out: RecOutput, batch: BPRBatch) -> Tensor:
