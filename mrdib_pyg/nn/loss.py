@@ -32,6 +32,21 @@ def l2_loss(embeddings: Sequence[Tensor], batch_size: int) -> Tensor:
     return sum(e.pow(2).sum() for e in embeddings) / (2 * batch_size)
 
 
+def interleaved_id_reg(id_embedding: Tensor, num_users: int, users: Tensor, pos: Tensor,
+                       neg: Tensor) -> Tensor:
+    r"""The id-embedding regulariser of MMRec's MMGCN and GRCN on a user-then-item table
+    :math:`E` (:obj:`[U + I, d]`): MMRec takes the mean of :math:`E^2` over the interleaved
+    :math:`[u, u]` and :math:`[i^+, i^-]` rows, which equals
+
+    .. math::
+        \operatorname{mean}(E_u^2) + \tfrac{1}{2}\big(\operatorname{mean}(E_{U+i^+}^2)
+        + \operatorname{mean}(E_{U+i^-}^2)\big).
+    """
+    return (id_embedding.index_select(0, users).pow(2).mean()
+            + 0.5 * (id_embedding.index_select(0, num_users + pos).pow(2).mean()
+                     + id_embedding.index_select(0, num_users + neg).pow(2).mean()))
+
+
 def info_nce(view1: Tensor, view2: Tensor, temperature: float) -> Tensor:
     r"""The in-batch InfoNCE loss of MGCN and SOIL (MMRec's ``InfoNCE``): row :math:`n` of
     :obj:`view1` must pick row :math:`n` of :obj:`view2` among all rows of :obj:`view2`,

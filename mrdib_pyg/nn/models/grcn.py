@@ -8,6 +8,7 @@ from mrdib_pyg.data.derived import TrainingEdges
 from mrdib_pyg.data.sampling import BPRBatch
 from mrdib_pyg.nn.conv.edge_weighted_gcn import EdgeWeightedGCN
 from mrdib_pyg.nn.conv.graph_refiner import BipartiteEdges, GraphRefiner, RefinedGraph
+from mrdib_pyg.nn.loss import interleaved_id_reg
 from mrdib_pyg.nn.models.base import MultimodalRecommender
 from mrdib_pyg.nn.models.registry import register_model
 from mrdib_pyg.nn.output import ModalityOutput, RecOutput
@@ -191,10 +192,8 @@ class GRCN(MultimodalRecommender):
 
 
     def regularizer(self, out: RecOutput, batch: BPRBatch) -> Tensor:
-        e, U = self.id_embedding, self.num_users
-        reg = (e.index_select(0, batch.users).pow(2).mean()
-               + 0.5 * (e.index_select(0, U + batch.pos).pow(2).mean()
-                      + e.index_select(0, U + batch.neg).pow(2).mean()))
+        reg = interleaved_id_reg(self.id_embedding, self.num_users, batch.users, batch.pos,
+                                 batch.neg)
         for m in self.modalities:
             reg = reg + self.preference(m).index_select(0, batch.users).pow(2).mean()
         for m in self.reg_preferences:

@@ -8,6 +8,7 @@ from mrdib_pyg.data.derived import UserItemGraph
 from mrdib_pyg.data.sampling import BPRBatch
 from mrdib_pyg.nn.conv.mmgcn_conv import MMGCNEncoder, bipartite_blocks
 from mrdib_pyg.nn.conv.sparse_op import SparseOperator
+from mrdib_pyg.nn.loss import interleaved_id_reg
 from mrdib_pyg.nn.models.base import MultimodalRecommender
 from mrdib_pyg.nn.models.registry import register_model
 from mrdib_pyg.nn.output import ModalityOutput, RecOutput
@@ -184,10 +185,8 @@ class MMGCN(MultimodalRecommender):
 
 
     def regularizer(self, out: RecOutput, batch: BPRBatch) -> Tensor:
-        e, U = self.id_embedding, self.num_users
-        reg = (e.index_select(0, batch.users).pow(2).mean()
-               + 0.5 * (e.index_select(0, U + batch.pos).pow(2).mean()
-                      + e.index_select(0, U + batch.neg).pow(2).mean()))
+        reg = interleaved_id_reg(self.id_embedding, self.num_users, batch.users, batch.pos,
+                                 batch.neg)
         for m in self.reg_preferences:
             if m in self.encoders:
                 reg = reg + self.encoders[m].preference.pow(2).mean()
