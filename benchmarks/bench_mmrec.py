@@ -198,7 +198,13 @@ def mmrec(args, model, epochs, seed, accuracy):
     else:
         cmd = [py, str(TOOLS / 'time_epochs.py'), name, args.mmrec_dataset, str(epochs),
                f'seed_value={seed}'] + kvs
-    out, wall, rss = timed(cmd, args.mmrec_src, env_for(args.threads, mmrec_path()))
+    env = env_for(args.threads, mmrec_path())
+    if accuracy:  # each pass's metrics as it ends: a run cut short keeps its curve
+        env['MMREC_CURVE_LOG'] = str(Path(tempfile.gettempdir()) /
+                                     f'mmrec_curve_{model}_s{seed}_{os.getpid()}.jsonl')
+        print(f'MMRec {name} seed {seed}: passes logged to {env["MMREC_CURVE_LOG"]}',
+              flush=True)
+    out, wall, rss = timed(cmd, args.mmrec_src, env)
     res = json.loads(out.strip().splitlines()[-1])
     res.update(wall_s=wall, peak_rss_mib=rss)
     return res

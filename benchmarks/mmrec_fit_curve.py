@@ -6,8 +6,10 @@ NDCG@20 of every epoch). Run from MMRec's ``src/`` with MMRec's interpreter:
 
 The same steps as ``../shared/tools/mmrec/fit.py`` (config, dataset split, loaders, seed,
 ``trainer.fit``); the only addition is a wrapper around the trainer's validation pass that
-records each epoch's metrics (MMRec's ``fit(verbose=False)`` logs none of them). Nothing of
-MMRec's training or evaluation is changed.
+records each epoch's metrics (MMRec's ``fit(verbose=False)`` logs none of them); with
+``MMREC_CURVE_LOG=FILE`` each validation and test pass is also appended to FILE as it ends
+(one JSON line), so a run cut short keeps its curve. Nothing of MMRec's training or
+evaluation is changed.
 """
 import ast
 import json
@@ -48,10 +50,18 @@ def record_validation(trainer, valid_data):
     curve = []
     valid_epoch = trainer._valid_epoch
 
+    progress = os.environ.get('MMREC_CURVE_LOG')
+
     def recorded(data, *args, **kwargs):
         score, result = valid_epoch(data, *args, **kwargs)
         if data is valid_data:
             curve.append({k: round(float(result[k]), 5) for k in ('recall@20', 'ndcg@20')})
+        if progress:  # every pass as it ends, so that a run cut short leaves its curve
+            with open(progress, 'a') as f:
+                f.write(json.dumps({'split': 'valid' if data is valid_data else 'test',
+                                    'epoch': len(curve) - 1, 'time': round(time.time(), 1),
+                                    **{k: round(float(v), 5) for k, v in result.items()
+                                       if k in KEEP}}) + '\n')
         return score, result
 
     trainer._valid_epoch = recorded
