@@ -11,7 +11,9 @@ The table reports mean ± std over seeds, the relative gain of the mean over bar
 the gain exceeds the seed spread (|difference of means| > the larger std).
 
 Each run's ``results.json`` is kept under ``--runs-dir``; a run whose file exists is not
-repeated, so the script resumes after an interruption and grows as backbones land.
+repeated, so the script resumes after an interruption and grows as backbones land. A run
+that reached a lower ``--epochs`` cap than now asked is continued from its last checkpoint
+to the new cap (one that stopped early is kept as it is).
 
     python benchmarks/bench_gain.py --datasets planted --seeds 0 1 2
     python benchmarks/bench_gain.py --datasets baby --baby-root DIR --seeds 999 1 2
@@ -34,6 +36,7 @@ from common import REPO, load_baby, machine, print_table, write_json  # noqa: E4
 
 from mrdib_pyg.train.config import TrainConfig  # noqa: E402
 from mrdib_pyg.train import run  # noqa: E402
+from mrdib_pyg.train.trainer import resume_config  # noqa: E402
 
 PAPER = dict(alpha1=0.005, alpha2=0.05, alpha3=0.005)
 METRICS = ('Recall@5', 'NDCG@5', 'Recall@20', 'NDCG@20')
@@ -57,7 +60,17 @@ def load(dataset: str, args):
 def one_run(dataset, data, backbone, variant, seed, alphas, args) -> dict:
     path = Path(args.runs_dir) / dataset / backbone / f'{variant}_s{seed}' / 'results.json'
     if path.exists():
-        return json.loads(path.read_text())
+        result = json.loads(path.read_text())
+        if not args.epochs or result['config']['epochs'] >= args.epochs:
+            return result
+        # a run capped lower than asked: continued from its last checkpoint (one that
+        # stopped early stays as it is); on one thread exactly an uninterrupted run's result
+        cfg = resume_config(str(path.parent), {'epochs': args.epochs, 'progress': False})
+        result = run(cfg, data=data, resume=True).to_dict()
+        print(f'{dataset}/{backbone}/{variant}/s{seed}: continued to {args.epochs} epochs: '
+              f'best epoch {result["best_epoch"]}, '
+              f'test R@20 {result["test_at_best"]["Recall@20"]:.4f}', flush=True)
+        return result
     opts = dict(DATASET_OPTIONS[dataset], model=backbone, seed=seed, progress=False,
                 device=args.device, mrdib=variant != 'bare', out_dir=str(path.parent))
     if dataset == 'baby':  # the data object is passed in; the record names what it is
