@@ -12,8 +12,8 @@ the gain exceeds the seed spread (|difference of means| > the larger std).
 
 Each run's ``results.json`` is kept under ``--runs-dir``; a run whose file exists is not
 repeated, so the script resumes after an interruption and grows as backbones land. A run
-that reached a lower ``--epochs`` cap than now asked is continued from its last checkpoint
-to the new cap (one that stopped early is kept as it is).
+interrupted part way, or one that reached a lower ``--epochs`` cap than now asked, is
+continued from its last checkpoint (one that stopped early is kept as it is).
 
     python benchmarks/bench_gain.py --datasets planted --seeds 0 1 2
     python benchmarks/bench_gain.py --datasets baby --baby-root DIR --seeds 999 1 2
@@ -59,15 +59,17 @@ def load(dataset: str, args):
 
 def one_run(dataset, data, backbone, variant, seed, alphas, args) -> dict:
     path = Path(args.runs_dir) / dataset / backbone / f'{variant}_s{seed}' / 'results.json'
-    if path.exists():
-        result = json.loads(path.read_text())
-        if not args.epochs or result['config']['epochs'] >= args.epochs:
-            return result
-        # a run capped lower than asked: continued from its last checkpoint (one that
-        # stopped early stays as it is); on one thread exactly an uninterrupted run's result
-        cfg = resume_config(str(path.parent), {'epochs': args.epochs, 'progress': False})
-        result = run(cfg, data=data, resume=True).to_dict()
-        print(f'{dataset}/{backbone}/{variant}/s{seed}: continued to {args.epochs} epochs: '
+    result = json.loads(path.read_text()) if path.exists() else None
+    if result is not None and (not args.epochs or result['config']['epochs'] >= args.epochs):
+        return result
+    if (path.parent / 'last.pt').exists():
+        # an interrupted run, or one capped lower than now asked: continued from its last
+        # checkpoint (one that stopped early stays as it is); on one thread this gives
+        # exactly an uninterrupted run's result
+        changes = {'progress': False, **({'epochs': args.epochs} if args.epochs else {})}
+        result = run(resume_config(str(path.parent), changes), data=data,
+                     resume=True).to_dict()
+        print(f'{dataset}/{backbone}/{variant}/s{seed}: continued from its checkpoint: '
               f'best epoch {result["best_epoch"]}, '
               f'test R@20 {result["test_at_best"]["Recall@20"]:.4f}', flush=True)
         return result
