@@ -60,9 +60,11 @@ def load(dataset: str, args):
 def one_run(dataset, data, backbone, variant, seed, alphas, args) -> dict:
     path = Path(args.runs_dir) / dataset / backbone / f'{variant}_s{seed}' / 'results.json'
     result = json.loads(path.read_text()) if path.exists() else None
-    if result is not None and (not args.epochs or result['config']['epochs'] >= args.epochs):
+    can_continue = (path.parent / 'last.pt').exists()
+    if result is not None and (not args.epochs or result['config']['epochs'] >= args.epochs
+                               or not can_continue):  # (without a checkpoint: as it is)
         return result
-    if (path.parent / 'last.pt').exists():
+    if can_continue:
         # an interrupted run, or one capped lower than now asked: continued from its last
         # checkpoint (one that stopped early stays as it is); on one thread this gives
         # exactly an uninterrupted run's result
