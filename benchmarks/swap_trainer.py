@@ -153,9 +153,14 @@ def mmrec_in_ours(args, data):
         def score(self, users):
             return self.net.full_sort_predict((users,))
 
+    # MMRec's learning-rate schedule and evaluation batch (its full_sort_predict runs once
+    # per block of users: LATTICE's rebuilds its item graph in every call)
+    decay, decay_step = config['learning_rate_scheduler'] or (1.0, 50)
     cfg = TrainConfig(dataset=args.name, root=args.root, model=args.ours, epochs=args.epochs,
                       patience=args.epochs, seed=args.seed, lr=config['learning_rate'],
-                      batch_size=config['train_batch_size'], progress=False, device='cpu')
+                      lr_decay=float(decay), lr_decay_step=int(decay_step),
+                      batch_size=config['train_batch_size'],
+                      eval_batch_size=config['eval_batch_size'], progress=False, device='cpu')
     trainer = Trainer(MMRecModel(), data, cfg)
     res = trainer.fit()
     curve = [round(h['valid']['Recall@20'], 5) for h in res.history]
