@@ -102,7 +102,12 @@ def prepare(tmp: str, name: str, **kwargs):
 
 
 def maxdiff(a, b) -> float:
-    r"""Largest absolute difference of two tensors (dense or sparse), in double."""
+    r"""Largest absolute difference of two tensors (dense or sparse), in double; two sparse
+    ones are subtracted as sparse (a full-size user-item adjacency has (U + I)^2 entries)."""
+    if a.layout != torch.strided and b.layout != torch.strided:
+        d = (a.detach().to_sparse_coo().double() - b.detach().to_sparse_coo().double())
+        values = d.coalesce().values()
+        return float(values.abs().max()) if values.numel() else 0.0
     return float((dense(a).detach().double() - dense(b).detach().double()).abs().max())
 
 
