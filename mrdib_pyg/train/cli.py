@@ -257,6 +257,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"\n{cfg.model}{mode} on '{cfg.dataset}': {info['num_users']} users, "
           f"{info['num_items']} items, {info['num_train']} training interactions"
           + (', GENERATED features' if info['generated_features'] else ''))
+    if info.get('modalities'):
+        print(f"modalities: {', '.join(info['modalities'])}")
     print(f"Adam lr {cfg.lr:g}, batch {cfg.batch_size}, seed {cfg.seed}; early stopping on "
           f"validation {cfg.valid_metric} (patience {cfg.patience})")
     print(f"best epoch {result.best_epoch} of {result.timings['epochs_run']} run; "

@@ -143,6 +143,7 @@ def test_cli_end_to_end_on_an_unseen_mmrec_format_dataset(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "on 'garden': 60 users, 40 items, 240 training interactions" in out
+    assert 'modalities: image, text' in out
     saved = json.loads((tmp_path / 'r' / 'results.json').read_text())
     assert saved['info']['modalities'] == ['image', 'text']
     assert 'redundant' in saved['history'][0]['loss']
