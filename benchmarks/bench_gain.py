@@ -140,7 +140,8 @@ def main():
                        'backbone': backbone, 'variant': variant,
                        'alphas': '' if variant == 'bare' else
                        '/'.join(f'{alphas[k]:g}' for k in ('alpha1', 'alpha2', 'alpha3'))
-                       + ''.join(f', {k}={v:g}' for k, v in alphas.items()
+                       + ''.join(f', {k}={v:g}' if isinstance(v, float) else f', {k}={v}'
+                                 for k, v in alphas.items()
                                  if k not in ('alpha1', 'alpha2', 'alpha3'))}
                 for m in METRICS:
                     mean, std = stats[m]

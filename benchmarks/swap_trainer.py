@@ -11,6 +11,11 @@ and the validation curve:
   :func:`~mrdib_pyg.train.build.build_model`) trained by MMRec's ``Trainer`` (MMRec's
   loader, its Adam, its evaluator).
 
+* ``--direction ours-mmrec-init`` (LATTICE): our model and our loop, started from the
+  initial parameters MMRec's code draws at the same seed (copied in as
+  ``benchmarks/equivalence/lattice.py`` copies them). Same computation as MMRec's model
+  in our loop (the equivalence check), at our model's speed: the initial draw alone.
+
 With the two plain runs (``bench_mmrec.py --mode accuracy``), this is a 2 x 2 design: if
 MMRec's model trained by our loop lands where our model does, the loop (sampling,
 optimiser, evaluation) accounts for the gap; if it lands where MMRec does, the model does
@@ -195,9 +200,47 @@ def ours_in_mmrec(args, data):
             'valid_curve_recall20': curve}
 
 
+def ours_mmrec_init(args, data):
+    r"""Our model and our :class:`Trainer`, from the initial parameters MMRec draws."""
+    from utils.utils import get_model, init_seed
+
+    from mrdib_pyg.train import TrainConfig, Trainer
+    from mrdib_pyg.train.build import build_model
+
+    if args.ours != 'lattice':
+        raise SystemExit('--direction ours-mmrec-init maps parameters for LATTICE only')
+    spec = importlib.util.spec_from_file_location(
+        'equivalence_lattice', os.path.join(HERE, 'equivalence', 'lattice.py'))
+    eq = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eq)
+    config, tr, train, _, _ = mmrec_parts(args)
+    check_same_split(tr, data)
+    init_seed(args.seed)
+    train.pretrain_setup()
+    net = get_model(config['model'])(config, train)
+    decay, decay_step = config['learning_rate_scheduler'] or (1.0, 50)
+    cfg = TrainConfig(dataset=args.name, root=args.root, model=args.ours, epochs=args.epochs,
+                      model_args=parse_kv(args.model_arg), patience=args.epochs,
+                      seed=args.seed, lr=config['learning_rate'], lr_decay=float(decay),
+                      lr_decay_step=int(decay_step), batch_size=config['train_batch_size'],
+                      progress=False, device='cpu')
+    model = build_model(cfg, data)
+    with torch.no_grad():
+        for _, ours, theirs in eq.param_pairs(model, net):
+            ours.copy_(theirs)
+        model.item_graph.modal_weight.copy_(net.modal_weight[eq.mm_index(model)])
+    del net
+    res = Trainer(model, data, cfg).fit()
+    curve = [round(h['valid']['Recall@20'], 5) for h in res.history]
+    return {'best_epoch': res.best_epoch,
+            'test': {k: round(res.test_at_best[k], 4) for k in ('Recall@20', 'NDCG@20')},
+            'valid_curve_recall20': curve}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--direction', required=True, choices=('mmrec-in-ours', 'ours-in-mmrec'))
+    p.add_argument('--direction', required=True,
+                   choices=('mmrec-in-ours', 'ours-in-mmrec', 'ours-mmrec-init'))
     p.add_argument('--model', required=True, help="MMRec's model name, e.g. BM3")
     p.add_argument('--ours', required=True, help='our registry name, e.g. bm3')
     p.add_argument('--model-arg', action='append', default=[],
@@ -216,7 +259,8 @@ def main():
     from mrdib_pyg.data import AmazonMM
     data = AmazonMM(args.root, args.name)[0]
     t0 = time.perf_counter()
-    fn = mmrec_in_ours if args.direction == 'mmrec-in-ours' else ours_in_mmrec
+    fn = {'mmrec-in-ours': mmrec_in_ours, 'ours-in-mmrec': ours_in_mmrec,
+          'ours-mmrec-init': ours_mmrec_init}[args.direction]
     res = {'direction': args.direction, 'model': args.model, 'seed': args.seed,
            'epochs': args.epochs, **fn(args, data),
            'wall_s': round(time.perf_counter() - t0, 1)}
