@@ -244,7 +244,7 @@ def main():
     p.add_argument('--model', required=True, help="MMRec's model name, e.g. BM3")
     p.add_argument('--ours', required=True, help='our registry name, e.g. bm3')
     p.add_argument('--model-arg', action='append', default=[],
-                   help='key=value for our model (ours-in-mmrec)')
+                   help='key=value for our model (ours-in-mmrec, ours-mmrec-init)')
     p.add_argument('--mmrec-arg', action='append', default=[],
                    help="key=value for MMRec's config (both directions)")
     p.add_argument('--root', default='/tmp/mm', help='our AmazonMM root (ROOT/NAME/raw)')
