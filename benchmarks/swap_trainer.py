@@ -122,18 +122,43 @@ def check_same_split(mm_train, data):
     return data[USER].num_nodes, data[ITEM].num_nodes
 
 
-def mmrec_in_ours(args, data):
-    r"""MMRec's model, our :class:`Trainer`."""
+def mmrec_model(args, data):
+    r"""MMRec's config and its model, built and initialised at :obj:`args.seed` as MMRec's
+    ``fit.py`` does, after checking both sides read the same training pairs; also the
+    user and item counts."""
     from utils.utils import get_model, init_seed
-
-    from mrdib_pyg.nn.models.base import Recommender
-    from mrdib_pyg.train import TrainConfig, Trainer
-
     config, tr, train, _, _ = mmrec_parts(args)
     num_users, num_items = check_same_split(tr, data)
     init_seed(args.seed)
     train.pretrain_setup()
-    net = get_model(config['model'])(config, train)
+    return config, get_model(config['model'])(config, train), num_users, num_items
+
+
+def our_config(args, config, **options):
+    r"""Our :class:`TrainConfig` for a run in our loop with MMRec's settings: its learning
+    rate and schedule, its training batch, and no early stop before :obj:`args.epochs`."""
+    from mrdib_pyg.train import TrainConfig
+    decay, decay_step = config['learning_rate_scheduler'] or (1.0, 50)
+    return TrainConfig(dataset=args.name, root=args.root, model=args.ours, epochs=args.epochs,
+                       patience=args.epochs, seed=args.seed, lr=config['learning_rate'],
+                       lr_decay=float(decay), lr_decay_step=int(decay_step),
+                       batch_size=config['train_batch_size'], progress=False, device='cpu',
+                       **options)
+
+
+def our_loop_summary(res):
+    r"""Best epoch, test at it and the validation curve of a run of our :class:`Trainer`."""
+    return {'best_epoch': res.best_epoch,
+            'test': {k: round(res.test_at_best[k], 4) for k in ('Recall@20', 'NDCG@20')},
+            'valid_curve_recall20': [round(h['valid']['Recall@20'], 5) for h in res.history]}
+
+
+def mmrec_in_ours(args, data):
+    r"""MMRec's model, our :class:`Trainer`."""
+    from mrdib_pyg.nn.models.base import Recommender
+    from mrdib_pyg.train import Trainer
+
+    config, net, num_users, num_items = mmrec_model(args, data)
 
     class MMRecModel(Recommender):
         r"""MMRec's model behind our backbone interface: its loss on our batches (user,
@@ -158,20 +183,10 @@ def mmrec_in_ours(args, data):
         def score(self, users):
             return self.net.full_sort_predict((users,))
 
-    # MMRec's learning-rate schedule and evaluation batch (its full_sort_predict runs once
-    # per block of users: LATTICE's rebuilds its item graph in every call)
-    decay, decay_step = config['learning_rate_scheduler'] or (1.0, 50)
-    cfg = TrainConfig(dataset=args.name, root=args.root, model=args.ours, epochs=args.epochs,
-                      patience=args.epochs, seed=args.seed, lr=config['learning_rate'],
-                      lr_decay=float(decay), lr_decay_step=int(decay_step),
-                      batch_size=config['train_batch_size'],
-                      eval_batch_size=config['eval_batch_size'], progress=False, device='cpu')
-    trainer = Trainer(MMRecModel(), data, cfg)
-    res = trainer.fit()
-    curve = [round(h['valid']['Recall@20'], 5) for h in res.history]
-    return {'best_epoch': res.best_epoch,
-            'test': {k: round(res.test_at_best[k], 4) for k in ('Recall@20', 'NDCG@20')},
-            'valid_curve_recall20': curve}
+    # MMRec's evaluation batch too (its full_sort_predict runs once per block of users:
+    # LATTICE's rebuilds its item graph in every call)
+    cfg = our_config(args, config, eval_batch_size=config['eval_batch_size'])
+    return our_loop_summary(Trainer(MMRecModel(), data, cfg).fit())
 
 
 def ours_in_mmrec(args, data):
@@ -202,9 +217,7 @@ def ours_in_mmrec(args, data):
 
 def ours_mmrec_init(args, data):
     r"""Our model and our :class:`Trainer`, from the initial parameters MMRec draws."""
-    from utils.utils import get_model, init_seed
-
-    from mrdib_pyg.train import TrainConfig, Trainer
+    from mrdib_pyg.train import Trainer
     from mrdib_pyg.train.build import build_model
 
     if args.ours != 'lattice':
@@ -213,28 +226,15 @@ def ours_mmrec_init(args, data):
         'equivalence_lattice', os.path.join(HERE, 'equivalence', 'lattice.py'))
     eq = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(eq)
-    config, tr, train, _, _ = mmrec_parts(args)
-    check_same_split(tr, data)
-    init_seed(args.seed)
-    train.pretrain_setup()
-    net = get_model(config['model'])(config, train)
-    decay, decay_step = config['learning_rate_scheduler'] or (1.0, 50)
-    cfg = TrainConfig(dataset=args.name, root=args.root, model=args.ours, epochs=args.epochs,
-                      model_args=parse_kv(args.model_arg), patience=args.epochs,
-                      seed=args.seed, lr=config['learning_rate'], lr_decay=float(decay),
-                      lr_decay_step=int(decay_step), batch_size=config['train_batch_size'],
-                      progress=False, device='cpu')
+    config, net, _, _ = mmrec_model(args, data)
+    cfg = our_config(args, config, model_args=parse_kv(args.model_arg))
     model = build_model(cfg, data)
     with torch.no_grad():
         for _, ours, theirs in eq.param_pairs(model, net):
             ours.copy_(theirs)
         model.item_graph.modal_weight.copy_(net.modal_weight[eq.mm_index(model)])
     del net
-    res = Trainer(model, data, cfg).fit()
-    curve = [round(h['valid']['Recall@20'], 5) for h in res.history]
-    return {'best_epoch': res.best_epoch,
-            'test': {k: round(res.test_at_best[k], 4) for k in ('Recall@20', 'NDCG@20')},
-            'valid_curve_recall20': curve}
+    return our_loop_summary(Trainer(model, data, cfg).fit())
 
 
 def main():
@@ -246,7 +246,7 @@ def main():
     p.add_argument('--model-arg', action='append', default=[],
                    help='key=value for our model (ours-in-mmrec, ours-mmrec-init)')
     p.add_argument('--mmrec-arg', action='append', default=[],
-                   help="key=value for MMRec's config (both directions)")
+                   help="key=value for MMRec's config (every direction)")
     p.add_argument('--root', default='/tmp/mm', help='our AmazonMM root (ROOT/NAME/raw)')
     p.add_argument('--name', default='baby')
     p.add_argument('--mmrec-dataset', default='baby')
