@@ -23,9 +23,11 @@ much for a CPU, so two budgeted methods are offered:
   winner once at full budget.
 
 **Validation only.** Every decision compares the mean over seeds of the validation metric
-``cfg.valid_metric`` at each run's best validation epoch (``TrainResult.best_valid``). Ties
-go to the first setting in grid order. The test metrics the trainer computes for every run
-are never printed, written or compared: trial records drop them. Once the setting is
+``cfg.valid_metric`` at each run's best validation epoch (``TrainResult.best_valid``). Ties:
+the coordinate search keeps the incumbent (a value replaces it only by scoring higher) and
+otherwise takes the first tied value in grid order; successive halving keeps grid order.
+The test metrics the trainer computes for every run are never printed, written or
+compared: trial records drop them. Once the setting is
 selected, it is trained once more at the full budget (``cfg.epochs``) for each seed, or its
 full-budget trial is reused when it ran in this process, and *its* test metrics are the
 only test numbers reported (``selected.json``, ``summary.md``, the console).
@@ -377,8 +379,9 @@ def _coordinate(s: _Search, rounds: int) -> Dict[str, Any]:
     for r in range(1, rounds + 1):
         start = dict(best)
         for name, grid in s.space.items():
-            # The incumbent leads when it is off the grid: a change must improve.
-            values = ([] if best[name] in grid else [best[name]]) + list(grid)
+            # The incumbent leads, on the grid or off it: a change must improve (a tie is
+            # no evidence to move); among new values, the first in grid order wins ties.
+            values = [best[name]] + [v for v in grid if v != best[name]]
             scored = [(s.evaluate({**best, name: v}, full, f'round {r}: {name}'), v)
                       for v in values]
             best_score, value = max(scored, key=lambda sv: sv[0])  # first of equals

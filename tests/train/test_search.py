@@ -68,15 +68,24 @@ def test_coordinate_visits_each_setting_once_and_selects_best_validation(tmp_pat
     assert (tmp_path / 'coordinate.png').stat().st_size > 0
 
 
-def test_ties_go_to_the_first_value_in_grid_order(tmp_path, monkeypatch):
+def test_ties_keep_the_incumbent_then_go_to_grid_order(tmp_path, monkeypatch):
     f = FakeRun(valid=lambda cfg: 0.3)
     monkeypatch.setattr(build, 'run', f)
     space = {'alpha1': [1e-2, 1e-4, 5e-3], 'alpha2': [5e-2, 1e-3]}
+    # base alphas 0.005/0.05: on every tie the coordinate search stays where it is
     res = search(base_cfg(), space, 'coordinate', str(tmp_path / 'c'), log=lambda s: None)
-    assert res.selected == {'alpha1': 1e-2, 'alpha2': 5e-2}
+    assert res.selected == {'alpha1': 5e-3, 'alpha2': 5e-2}
     res = search(base_cfg(), space, 'halving', str(tmp_path / 'h'), min_epochs=1,
                  log=lambda s: None, plots=False)
     assert res.selected == {'alpha1': 1e-2, 'alpha2': 5e-2}
+    # the incumbent tied with a better value: the better one still wins; among tied
+    # better values, the first in grid order
+    f = FakeRun(valid=lambda cfg: 0.3 + 0.1 * (cfg.mrdib.alpha1 in (1e-4, 1e-3)))
+    monkeypatch.setattr(build, 'run', f)
+    space = {'alpha1': [1e-2, 1e-3, 5e-3, 1e-4]}
+    res = search(base_cfg(), space, 'coordinate', str(tmp_path / 'c2'), log=lambda s: None,
+                 plots=False)
+    assert res.selected == {'alpha1': 1e-3}
 
 
 def test_halving_keeps_top_third_per_rung_and_multiplies_the_budget(tmp_path, monkeypatch):
