@@ -11,9 +11,9 @@ and the validation curve:
   :func:`~mrdib_pyg.train.build.build_model`) trained by MMRec's ``Trainer`` (MMRec's
   loader, its Adam, its evaluator).
 
-* ``--direction ours-mmrec-init`` (LATTICE): our model and our loop, started from the
-  initial parameters MMRec's code draws at the same seed (copied in as
-  ``benchmarks/equivalence/lattice.py`` copies them). Same computation as MMRec's model
+* ``--direction ours-mmrec-init`` (BM3, DualGNN, GRCN, LATTICE): our model and our loop,
+  started from the initial parameters MMRec's code draws at the same seed (copied in as
+  ``benchmarks/equivalence/<model>.py`` copies them). Same computation as MMRec's model
   in our loop (the equivalence check), at our model's speed: the initial draw alone.
 
 With the two plain runs (``bench_mmrec.py --mode accuracy``), this is a 2 x 2 design: if
@@ -216,23 +216,25 @@ def ours_in_mmrec(args, data):
 
 
 def ours_mmrec_init(args, data):
-    r"""Our model and our :class:`Trainer`, from the initial parameters MMRec draws."""
+    r"""Our model and our :class:`Trainer`, from the initial parameters MMRec draws (copied
+    by ``copy_params`` of ``benchmarks/equivalence/<ours>.py``, the mapping the
+    equivalence check uses)."""
     from mrdib_pyg.train import Trainer
     from mrdib_pyg.train.build import build_model
 
-    if args.ours != 'lattice':
-        raise SystemExit('--direction ours-mmrec-init maps parameters for LATTICE only')
-    spec = importlib.util.spec_from_file_location(
-        'equivalence_lattice', os.path.join(HERE, 'equivalence', 'lattice.py'))
-    eq = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(eq)
+    path = os.path.join(HERE, 'equivalence', f'{args.ours}.py')
+    eq = None
+    if os.path.exists(path):
+        spec = importlib.util.spec_from_file_location(f'equivalence_{args.ours}', path)
+        eq = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(eq)
+    if not hasattr(eq, 'copy_params'):
+        raise SystemExit(f'--direction ours-mmrec-init needs copy_params in {path} '
+                         f'(there for bm3, dualgnn, grcn, lattice)')
     config, net, _, _ = mmrec_model(args, data)
     cfg = our_config(args, config, model_args=parse_kv(args.model_arg))
     model = build_model(cfg, data)
-    with torch.no_grad():
-        for _, ours, theirs in eq.param_pairs(model, net):
-            ours.copy_(theirs)
-        model.item_graph.modal_weight.copy_(net.modal_weight[eq.mm_index(model)])
+    eq.copy_params(model, net)
     del net
     return our_loop_summary(Trainer(model, data, cfg).fit())
 

@@ -72,6 +72,13 @@ def param_pairs(model, mm):
     return pairs
 
 
+def copy_params(model, mm) -> None:
+    r"""MMRec's BM3 tensors -> ours."""
+    with torch.no_grad():
+        for _, ours, theirs in param_pairs(model, mm):
+            ours.copy_(theirs)
+
+
 def build(data_path, data, setting):
     from models.bm3 import BM3 as MMRecBM3
 
@@ -86,9 +93,7 @@ def build(data_path, data, setting):
                           cl_weight=float(config['cl_weight']))
     assert (model.num_users, model.num_items) == (mm.n_users, mm.n_items)
     assert model.modalities == ['text', 'image']
-    with torch.no_grad():
-        for _, ours, theirs in param_pairs(model, mm):
-            ours.copy_(theirs)
+    copy_params(model, mm)
     return mm, model, loader
 
 

@@ -113,7 +113,7 @@ def mmrec_user_graph_dict(folder: str):
     return user_graph, user_graph_dict
 
 
-def copy_weights(model, mm) -> None:
+def copy_params(model, mm) -> None:
     r"""MMRec's initial tensors -> ours (MMRec's weight_u columns are image, text)."""
     cols = {'image': 0, 'text': 1}
     with torch.no_grad():
@@ -206,7 +206,7 @@ def main() -> int:
 
         torch.manual_seed(1)
         model = DualGNN.from_data(data, reg_weight=REG, mmrec_inplace_sum=True)
-        copy_weights(model, mm)
+        copy_params(model, mm)
 
         # (a) derived graphs -----------------------------------------------------------
         theirs_adj = mm.v_gcn.conv_embed_1(torch.eye(N), mm.edge_index)

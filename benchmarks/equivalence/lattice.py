@@ -78,6 +78,14 @@ def mm_index(model):
     return [{'image': 0, 'text': 1}[m] for m in model.modalities]
 
 
+def copy_params(model, mm) -> None:
+    r"""MMRec's LATTICE tensors -> ours, the modality logits reordered."""
+    with torch.no_grad():
+        for _, ours, theirs in param_pairs(model, mm):
+            ours.copy_(theirs)
+        model.item_graph.modal_weight.copy_(mm.modal_weight[mm_index(model)])
+
+
 def grad_pairs(model, mm):
     r"""(name, our gradient, MMRec's) for the 9 parameter tensors (logits reordered)."""
     g, h = model.item_graph.modal_weight.grad, mm.modal_weight.grad
@@ -155,9 +163,7 @@ def main() -> int:
         assert sorted(model.modalities) == ['image', 'text']
         with torch.no_grad():
             mm.modal_weight.copy_(torch.tensor([LOGITS['image'], LOGITS['text']]))
-            for _, ours, theirs in param_pairs(model, mm):
-                ours.copy_(theirs)
-            model.item_graph.modal_weight.copy_(mm.modal_weight[mm_index(model)])
+        copy_params(model, mm)
         idx = mm_index(model)
         record('modality mix softmax(w) (ours reordered)',
                maxdiff(model.item_graph.mix_weights(), mm.softmax(mm.modal_weight)[idx]))
