@@ -15,6 +15,7 @@ from mrdib_pyg.nn.conv.graph_refiner import BipartiteEdges, GraphRefiner, Routin
 from mrdib_pyg.nn.conv.edge_weighted_gcn import EdgeWeightedGCN
 from mrdib_pyg.nn.conv.latent_dropout import (BootstrapTerms, LatentBootstrap, cosine_alignment,
                                               latent_dropout)
+from mrdib_pyg.nn.conv.row_sparse_linear import RowSparseLinear
 
 __all__ = [
     'SparseOperator', 'has_torch_sparse', 'LGPropagation',
@@ -24,4 +25,5 @@ __all__ = [
     'HyperedgeAssignment', 'ModalityGraphEmbedding', 'gumbel_softmax', 'assignment_dropout',
     'BipartiteEdges', 'RoutingConv', 'GraphRefiner', 'EdgeWeightedGCN',
     'BootstrapTerms', 'LatentBootstrap', 'cosine_alignment', 'latent_dropout',
+    'RowSparseLinear',
 ]

@@ -165,15 +165,17 @@ class LatentBootstrap(nn.Module):
         user_t = latent_dropout(user, self.dropout)
         item_t = latent_dropout(item, self.dropout)
         mod_t = {m: latent_dropout(x, self.dropout) for m, x in modalities.items()}
-        item_t_rows = item_t[items]
-        pu, pi = self.predict(user[users]), self.predict(item[items])
+        # index_select: a plain row gather, with a cheaper backward than x[idx]
+        item_t_rows = item_t.index_select(0, items)
+        pu = self.predict(user.index_select(0, users))
+        pi = self.predict(item.index_select(0, items))
         mod_item, mod_self = {}, {}
         for m, x in modalities.items():
-            px = self.predict(rows[m] if m in rows else x[items])
+            px = self.predict(rows[m] if m in rows else x.index_select(0, items))
             mod_item[m] = cosine_alignment(px, item_t_rows)
-            mod_self[m] = cosine_alignment(px, mod_t[m][items])
+            mod_self[m] = cosine_alignment(px, mod_t[m].index_select(0, items))
         return BootstrapTerms(user_item=cosine_alignment(pu, item_t_rows),
-                              item_user=cosine_alignment(pi, user_t[users]),
+                              item_user=cosine_alignment(pi, user_t.index_select(0, users)),
                               modality_item=mod_item, modality_self=mod_self)
 
     def extra_repr(self) -> str:

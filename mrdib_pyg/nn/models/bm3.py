@@ -9,6 +9,7 @@ from mrdib_pyg.data.derived import UserItemGraph
 from mrdib_pyg.data.sampling import BPRBatch
 from mrdib_pyg.nn.conv.latent_dropout import BootstrapTerms, LatentBootstrap
 from mrdib_pyg.nn.conv.lg_propagation import LGPropagation
+from mrdib_pyg.nn.conv.row_sparse_linear import RowSparseLinear
 from mrdib_pyg.nn.conv.sparse_op import SparseOperator
 from mrdib_pyg.nn.loss import emb_loss
 from mrdib_pyg.nn.models.base import MultimodalRecommender
@@ -82,15 +83,13 @@ class BM3(MultimodalRecommender):
       :math:`10^{-7}` to the degrees before :math:`D^{-1/2}`, which only changes values at
       the :math:`10^{-7}` relative level;
     * the predictor is applied to the batch rows in the loss (MMRec applies it to the full
-      tables and then indexes: the same rows), and when the batch has :math:`n` distinct
-      items with :math:`3n < 2I` the online modality rows :math:`W_m\mathbf{f}^m_i +
-      \mathbf{b}_m` are projected again from those :math:`n` feature rows instead of
-      indexing the full projection, so the backward pass through the :math:`I \times d_m`
-      features costs :math:`n` rows instead of :math:`I` (same values and gradients; the
-      full projection is still computed once per forward, for the targets and for
-      :attr:`RecOutput.modalities`). The target views are drawn on the full tables
-      exactly as MMRec does (same :func:`F.dropout` calls, same order: user, item, text,
-      image), so a seeded run draws MMRec's masks;
+      tables and then indexes: the same rows), and the projections :math:`W_m` are
+      :class:`~mrdib_pyg.nn.conv.RowSparseLinear`: the backward pass through the
+      :math:`I \times d_m` features costs only the rows a step reads (the batch's
+      positives, and the negatives too when a plug-in such as MRdIB reads them) instead of
+      all :math:`I` (same values; gradients to float rounding). The target views are
+      drawn on the full tables exactly as MMRec does (same :func:`F.dropout` calls, same
+      order: user, item, text, image), so a seeded run draws MMRec's masks;
     * the loss is a 0-d tensor (MMRec's ``EmbLoss`` makes it shape :obj:`[1]`);
     * modalities other than image and text are supported (each gets its projection and
       its two alignment terms; terms are summed in :attr:`modalities` order, MMRec's text
@@ -144,7 +143,10 @@ class BM3(MultimodalRecommender):
 
         self.user_emb = nn.Parameter(torch.empty(num_users, embedding_dim))
         self.item_emb = nn.Parameter(torch.empty(num_items, embedding_dim))
-        self.trs = nn.ModuleDict({m: nn.Linear(self.feature_dims[m], embedding_dim)
+        # The full projections feed the target views; a step's gradient reaches only the
+        # rows it reads (BM3's positives, and a plug-in's negatives), so the backward pass
+        # through the [I, d_m] features is restricted to those rows.
+        self.trs = nn.ModuleDict({m: RowSparseLinear(self.feature_dims[m], embedding_dim)
                                   for m in self.modalities})
         if not self.freeze_features:
             self.make_features_trainable()
@@ -188,21 +190,9 @@ class BM3(MultimodalRecommender):
     def alignment_terms(self, out: RecOutput, batch: BPRBatch) -> BootstrapTerms:
         r"""The bootstrap alignment terms of :obj:`batch`'s (user, positive) pairs (draws
         the target dropout masks)."""
-        items = batch.pos
-        rows = None
-        uniq, inverse = torch.unique(items, return_inverse=True)
-        # The online modality rows are the full projection's rows at the batch's items.
-        # Indexing it costs a backward over all I feature rows (2I row products after the
-        # forward's I); projecting the n distinct batch rows again costs 3n: cheaper when
-        # 3n < 2I (n <= the batch size, 2,048 by default; Baby has 7,050 items). Same
-        # values and gradients.
-        if 3 * uniq.numel() < 2 * self.num_items:
-            # index_select: a plain row gather (advanced indexing is several times slower).
-            rows = {m: self.trs[m](self.feature(m).index_select(0, uniq))[inverse]
-                    for m in self.modalities}
         return self.bootstrap(out.extras['user_online'], out.extras['item_online'],
-                              batch.users, items,
-                              {m: out.modalities[m].item for m in self.modalities}, rows)
+                              batch.users, batch.pos,
+                              {m: out.modalities[m].item for m in self.modalities})
 
     def regularizer(self, out: RecOutput, batch: BPRBatch) -> Tensor:
         r""":math:`\lambda_{\text{reg}}` times MMRec's ``EmbLoss`` of the full online
