@@ -49,14 +49,19 @@ import torch  # noqa: E402
 from mrdib_pyg.data.sampling import BPRBatch  # noqa: E402
 
 
-def fit_curve():
-    r"""``mmrec_fit_curve.py`` as a module (this folder is not on :obj:`sys.path`; it
-    imports MMRec's packages, so only under MMRec's interpreter)."""
-    spec = importlib.util.spec_from_file_location(
-        'mmrec_fit_curve', os.path.join(HERE, 'mmrec_fit_curve.py'))
+def load_module(name, path):
+    r"""The Python file :obj:`path` as a module (the benchmark folders are not on
+    :obj:`sys.path`)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def fit_curve():
+    r"""``mmrec_fit_curve.py`` as a module (it imports MMRec's packages, so only under
+    MMRec's interpreter)."""
+    return load_module('mmrec_fit_curve', os.path.join(HERE, 'mmrec_fit_curve.py'))
 
 
 class OursInMMRec(torch.nn.Module):
@@ -223,11 +228,7 @@ def ours_mmrec_init(args, data):
     from mrdib_pyg.train.build import build_model
 
     path = os.path.join(HERE, 'equivalence', f'{args.ours}.py')
-    eq = None
-    if os.path.exists(path):
-        spec = importlib.util.spec_from_file_location(f'equivalence_{args.ours}', path)
-        eq = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(eq)
+    eq = load_module(f'equivalence_{args.ours}', path) if os.path.exists(path) else None
     if not hasattr(eq, 'copy_params'):
         raise SystemExit(f'--direction ours-mmrec-init needs copy_params in {path} '
                          f'(there for bm3, dualgnn, grcn, lattice)')
