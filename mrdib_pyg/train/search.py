@@ -27,10 +27,9 @@ much for a CPU, so two budgeted methods are offered:
 the coordinate search keeps the incumbent (a value replaces it only by scoring higher) and
 otherwise takes the first tied value in grid order; successive halving keeps grid order.
 The test metrics the trainer computes for every run are never printed, written or
-compared: trial records drop them. Once the setting is
-selected, it is trained once more at the full budget (``cfg.epochs``) for each seed, or its
-full-budget trial is reused when it ran in this process, and *its* test metrics are the
-only test numbers reported (``selected.json``, ``summary.md``, the console).
+compared: trial records drop them. Once the setting is selected, it is trained once more
+at the full budget (``cfg.epochs``) for each seed, or its full-budget trial is reused when
+it ran in this process, and *its* test metrics are the only test numbers reported (``selected.json``, ``summary.md``, the console).
 
 **Outputs** in the search folder: ``trials.csv`` (one row per run: trial id, stage, seed,
 epoch budget, options, best epoch, validation metrics at the best epoch, seconds; rewritten

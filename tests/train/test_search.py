@@ -78,8 +78,8 @@ def test_ties_keep_the_incumbent_then_go_to_grid_order(tmp_path, monkeypatch):
     res = search(base_cfg(), space, 'halving', str(tmp_path / 'h'), min_epochs=1,
                  log=lambda s: None, plots=False)
     assert res.selected == {'alpha1': 1e-2, 'alpha2': 5e-2}
-    # the incumbent tied with a better value: the better one still wins; among tied
-    # better values, the first in grid order
+    # values scoring above the incumbent replace it; of two tied for best, the first in
+    # grid order wins
     f = FakeRun(valid=lambda cfg: 0.3 + 0.1 * (cfg.mrdib.alpha1 in (1e-4, 1e-3)))
     monkeypatch.setattr(build, 'run', f)
     space = {'alpha1': [1e-2, 1e-3, 5e-3, 1e-4]}
