@@ -241,7 +241,16 @@ class AmazonMM(InMemoryDataset):
                 warnings.warn(f"{self.__class__.__name__} '{self.name}': re-processing the "
                               f"raw files because {reason}", stacklevel=5)
                 self.force_reload = True
-        super()._process()
+        existed = osp.isdir(self.processed_dir)
+        try:
+            super()._process()
+        except BaseException:
+            # PyG creates the folder before process() runs: a failed first build would
+            # leave an empty processed/ behind
+            if not existed and osp.isdir(self.processed_dir) \
+                    and not os.listdir(self.processed_dir):
+                os.rmdir(self.processed_dir)
+            raise
 
     def download(self) -> None:
         r"""Never touches the network: MMRec's files sit in a Google Drive *folder*,

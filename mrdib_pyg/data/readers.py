@@ -196,11 +196,18 @@ def read_inter(path: str) -> Dict[str, Tensor]:
                              index_col=False, encoding='utf-8-sig',
                              quoting=csv.QUOTE_NONE)
     except Exception as e:  # pandas raises ParserError, ParserWarning, ...
-        raise _fail(path, f"cannot parse as tab-separated values{_bad_line(path)} "
-                    f"({type(e).__name__}: {e})") from e
+        where = _bad_line(path)  # names the line and its field count: pandas' text repeats it
+        raise _fail(path, f"cannot parse as tab-separated values{where}" +
+                    ('' if where else f" ({type(e).__name__}: {str(e).strip()})")) from e
     if len(df) == 0:
         raise _fail(path, "no interactions: the file holds a header line and no data row")
     df.columns = [str(c).strip() for c in df.columns]
+    # pandas pads a row with fewer fields with '': say so before a padded column's empty
+    # value is reported as a bad id, and before a missing field shifts the next ones
+    # silently when the padded column is not one of ours.
+    short = _bad_line(path)
+    if short:
+        raise _fail(path, f"cannot parse as tab-separated values{short}")
 
     values = {}
     for col in INTER_COLUMNS:
@@ -229,15 +236,24 @@ def read_inter(path: str) -> Dict[str, Tensor]:
         raise _fail(path, f"line {row + 2}, column 'x_label': {label[row]} is not one of "
                     f"0 (train), 1 (valid), 2 (test)")
 
-    # pandas pads a row with fewer fields with '': a missing field would shift the next
-    # ones silently when the padded column is not one of ours.
-    short = _bad_line(path)
-    if short:
-        raise _fail(path, f"cannot parse as tab-separated values{short}")
-
     pairs = torch.tensor(np.stack([values['userID'], values['itemID']]), dtype=torch.long)
     label = torch.tensor(label)
     return {s: pairs[:, label == i] for i, s in enumerate(SPLIT_NAMES)}
+
+
+def _feature_rows_error(paths: Dict[str, str], counts: Dict[str, int], maps: dict,
+                        pairs: Tensor) -> 'DatasetFormatError':
+    # Feature files that disagree on the item count: name the one(s) that also disagree
+    # with the interactions, not whichever was read second.
+    if 'item' in maps:
+        items, given = maps['item'][0], f"'{osp.basename(maps['item'][1])}' gives"
+    else:
+        items, given = int(pairs[1].max()) + 1, 'the interactions give (max item id + 1)'
+    odd = [m for m, n in counts.items() if n != items] or list(counts)
+    listing = ', '.join(f"'{osp.basename(paths[m])}' {n}" for m, n in counts.items())
+    return _fail(paths[odd[0]], f"the feature files disagree on the number of rows "
+                 f"({listing}); {given} {items} items, and every feature file needs one row "
+                 f"per item")
 
 
 def _bad_line(path: str) -> str:
@@ -576,15 +592,12 @@ def read_raw_folder(folder: str, name: str, strict: bool = False,
                         f"graph: {list(RESERVED_MODALITY_NAMES)}); rename the modality")
     features = {m: read_features(p) for m, p in feature_paths.items()}
     first = next(iter(feature_paths.values()), '')
-    rows = None  # the row count of every feature file
-    for m, x in features.items():
-        if rows is not None and x.size(0) != rows:
-            raise _fail(feature_paths[m], f"{x.size(0)} feature rows but "
-                        f"'{osp.basename(first)}' has {rows}; every feature file needs one "
-                        f"row per item")
-        rows = x.size(0)
-
     all_pairs = torch.cat([splits[s] for s in SPLIT_NAMES], dim=1)
+    counts = {m: x.size(0) for m, x in features.items()}
+    if len(set(counts.values())) > 1:
+        raise _feature_rows_error(feature_paths, counts, maps, all_pairs)
+    rows = next(iter(counts.values()), None)  # the row count of every feature file
+
     sizes = {}
     for row, kind in enumerate(('user', 'item')):
         ids = all_pairs[row]

@@ -299,10 +299,17 @@ def test_item_id_beyond_feature_rows_blames_interactions(make_mmrec):
     assert 'feat.npy' not in str(e.value)
 
 
-def test_feature_files_disagree(make_mmrec):
-    root = make_mmrec(features={'image': np.ones((5, 2)), 'text': np.ones((4, 2))})
+@pytest.mark.parametrize('short', ['image', 'text'])
+def test_feature_files_disagree_blames_the_short_one(make_mmrec, short):
+    # the interactions need 5 items: the file with 4 rows is the wrong one, whichever of
+    # the two is read first
+    rows = {'image': 5, 'text': 5, short: 4}
+    root = make_mmrec(features={m: np.ones((n, 2)) for m, n in rows.items()})
     with pytest.raises(DatasetFormatError,
-                       match=r"text_feat.npy': 4 feature rows but 'image_feat.npy' has 5"):
+                       match=rf"{short}_feat.npy': the feature files disagree on the number "
+                             rf"of rows \('image_feat.npy' {rows['image']}, 'text_feat.npy' "
+                             rf"{rows['text']}\); the interactions give \(max item id \+ 1\) "
+                             rf"5 items"):
         AmazonMM(str(root), 'toy')
 
 
