@@ -59,7 +59,7 @@ from torch_geometric.metrics import (
     LinkPredRecall,
 )
 
-from mrdib_pyg.data.schema import ITEM, SPLITS, USER, split_edge_index
+from mrdib_pyg.data.schema import ITEM, SPLITS, USER, split_edge_index, split_name
 
 try:  # PyG >= 2.7 shares one relevance computation across metrics.
     from torch_geometric.metrics import LinkPredMetricCollection
@@ -246,7 +246,8 @@ class FullRankEvaluator:
 
         Args:
             data (HeteroData): the dataset.
-            split (str): the evaluated split, :obj:`'val'` or :obj:`'test'`.
+            split (str): the evaluated split, :obj:`'val'` (or :obj:`'valid'`) or
+                :obj:`'test'`.
                 (default: :obj:`'test'`)
             mask (str or sequence of str): splits whose pairs are masked before ranking.
                 (default: :obj:`('train',)`, MMRec's choice; :obj:`('train', 'val')`
@@ -256,7 +257,7 @@ class FullRankEvaluator:
         name = cls.__name__
         if isinstance(mask, str):
             mask = (mask, )
-        mask = tuple(mask)
+        split, mask = split_name(split), tuple(split_name(s) for s in mask)
         for s in (split, ) + mask:
             if s not in SPLITS:
                 raise ValueError(f"'{name}' got an unknown split {s!r} (expected one of "

@@ -251,6 +251,13 @@ def test_validation_items_not_masked_at_test_by_default():
     out = ev.evaluate(lambda u: SCORES[u])
     assert out['Recall@1'] == pytest.approx(0.5)  # user 0: item 1 first; user 2: item 5
 
+    # 'valid' (the command line's and MMRec's name) is the same split, as a mask too
+    for name in ('valid', 'validation'):
+        assert FullRankEvaluator.from_data(data, name, ks=(1, )).evaluate(
+            lambda u: SCORES[u]) == out
+    masked = FullRankEvaluator.from_data(data, 'test', mask=('train', 'valid'), ks=(1, 2))
+    assert masked.evaluate(lambda u: SCORES[u])['Recall@1'] == pytest.approx(0.5)
+
 
 class DummyModel:
     def __init__(self, scores):

@@ -28,6 +28,13 @@ ITEM = 'item'
 RATES = (USER, 'rates', ITEM)
 REV_RATES = (ITEM, 'rev_rates', USER)
 SPLITS = ('train', 'val', 'test')
+#: Other names of the validation split (the command line and MMRec say 'valid').
+SPLIT_ALIASES = {'valid': 'val', 'validation': 'val'}
+
+
+def split_name(split: str) -> str:
+    r"""The stored name of :obj:`split` (``'valid'`` and ``'validation'`` are ``'val'``)."""
+    return SPLIT_ALIASES.get(split, split)
 
 
 def build_heterodata(
@@ -77,7 +84,9 @@ def modality_names(data: HeteroData) -> List[str]:
 
 
 def split_edge_index(data: HeteroData, split: str) -> Tensor:
-    r"""The :obj:`[2, E]` (user, item) pairs of :obj:`split` ('train', 'val' or 'test')."""
+    r"""The :obj:`[2, E]` (user, item) pairs of :obj:`split` ('train', 'val' or 'test';
+    'valid' too)."""
+    split = split_name(split)
     if split not in SPLITS:
         raise ValueError(f"Unknown split '{split}' (expected one of {SPLITS})")
     store = data[RATES]

@@ -16,7 +16,9 @@ import os
 import sys
 import traceback
 import typing
-from typing import Any, Dict, List, Optional
+import warnings
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional
 
 from mrdib_pyg.train.config import MRDIB_KEYS, MRdIBOptions, TrainConfig, parse_value
 
@@ -221,7 +223,31 @@ def error_message(err: BaseException) -> str:
             f"MRDIB_TRACEBACK=1 to see where, and report it if the input looks right)")
 
 
+@contextmanager
+def plain_warnings(prog: str) -> Iterator[None]:
+    r"""Show the library's warnings as one line, ``prog: warning: message``, without the
+    source line of the library that raised them (which means nothing to a command-line
+    user); other warning categories keep Python's format."""
+    python_format = warnings.formatwarning
+
+    def one_line(message, category, *args, **kwargs):
+        if issubclass(category, UserWarning):
+            return f'{prog}: warning: {message}\n'
+        return python_format(message, category, *args, **kwargs)
+
+    warnings.formatwarning = one_line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = python_format
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    with plain_warnings('mrdib-train'):
+        return _main(argv)
+
+
+def _main(argv: Optional[List[str]] = None) -> int:
     try:
         cfg, args = config_from_args(argv)
         if args.resume is not None:  # the stored options, and only those allowed to change

@@ -594,6 +594,12 @@ def build_search_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     r"""Entry point of ``mrdib-search``; returns the exit status (2 on input errors)."""
     from mrdib_pyg.train import cli
+    with cli.plain_warnings('mrdib-search'):
+        return _main(argv)
+
+
+def _main(argv: Optional[List[str]] = None) -> int:
+    from mrdib_pyg.train import cli
     errors = getattr(cli, 'USER_ERRORS', (ValueError, KeyError, RuntimeError, OSError,
                                           ImportError)) + getattr(cli, 'OTHER_ERRORS', ())
     describe = getattr(cli, 'error_message', lambda e: str(e.args[0] if e.args else e))
@@ -609,11 +615,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         train_parser = cli.build_parser()
         train_parser.prog = 'mrdib-search'
         train_parser.parse_args(rest)  # argument errors name this command
-        cfg, _ = cli.config_from_args(rest)
+        cfg, train_args = cli.config_from_args(rest)
+        # mrdib-train options that mean something else here: refused, not ignored
+        if train_args.resume is not None:
+            raise ValueError('--resume is an mrdib-train option: a search resumes by itself '
+                             'when the same command is run again (the finished trials in '
+                             '--search-out are reused)')
+        if train_args.plot is not None:
+            raise ValueError('--plot is an mrdib-train option: the search writes its own plot '
+                             'into --search-out (--no-plots: none)')
         space = parse_space(args.space) if args.space else None
-        search(cfg, space, args.method, args.search_out, rounds=args.rounds, eta=args.eta,
-               min_epochs=args.min_epochs, max_configs=args.max_configs, seeds=args.seeds,
-               plots=not args.no_plots)
+        # --json: the selected setting and its metrics on stdout, the progress lines on stderr
+        log = (lambda line: print(line, file=sys.stderr)) if train_args.json else print
+        result = search(cfg, space, args.method, args.search_out, rounds=args.rounds,
+                        eta=args.eta, min_epochs=args.min_epochs, max_configs=args.max_configs,
+                        seeds=args.seeds, plots=not args.no_plots, log=log)
+        if train_args.json:
+            with open(os.path.join(result.out_dir, 'selected.json')) as f:
+                json.dump(json.load(f), sys.stdout, indent=1)
+            print()
     except SystemExit as err:  # argparse has printed its message
         return err.code if isinstance(err.code, int) else 2
     except errors as err:  # one line, as mrdib-train (MRDIB_TRACEBACK=1: the traceback)

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -446,6 +447,11 @@ class Trainer:
                                                  state['test_at_best'])
             train_times, eval_times = list(state['train_seconds']), list(state['eval_seconds'])
             start = state['epoch'] + 1
+            if self.is_main:  # said even without progress bars
+                done = stopper.should_stop or start >= cfg.epochs
+                print(f"resumed after epoch {start - 1}: " +
+                      ('the run had finished; reported as it is' if done else
+                       f'epochs {start}..{cfg.epochs - 1} to go'), file=sys.stderr)
         ckpt = os.path.join(cfg.out_dir, 'best.pt') if cfg.out_dir else None
         last = os.path.join(cfg.out_dir, LAST) if cfg.out_dir else None
         epochs = range(start, cfg.epochs) if not stopper.should_stop else range(0)

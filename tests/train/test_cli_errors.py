@@ -241,3 +241,15 @@ def test_real_process_prints_one_line_and_exits_with_2(argv):
     assert proc.stdout == ''
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert proc.stderr.startswith('mrdib-train: error: ') and 'Traceback' not in proc.stderr
+
+
+def test_warnings_are_one_plain_line_on_the_command_line():
+    import warnings
+    from mrdib_pyg.train.cli import plain_warnings
+    python_format = warnings.formatwarning
+    with plain_warnings('mrdib-train'):
+        assert warnings.formatwarning('3 cold-start users dropped', UserWarning, 'x.py',
+                                      7) == 'mrdib-train: warning: 3 cold-start users dropped\n'
+        other = warnings.formatwarning('old API', DeprecationWarning, 'x.py', 7)
+        assert 'DeprecationWarning' in other and 'x.py:7' in other  # Python's own format
+    assert warnings.formatwarning is python_format  # restored

@@ -102,13 +102,16 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, data, one_thread, mrdib)
 
 
 def test_more_epochs_continue_a_finished_run_and_a_finished_run_is_reported(
-        tmp_path, data, one_thread, monkeypatch):
+        tmp_path, data, one_thread, monkeypatch, capsys):
     full = run(cfg(epochs=4, out_dir=str(tmp_path / 'full')), data=data)
     short = run(cfg(epochs=2, out_dir=str(tmp_path / 'short')), data=data)
     longer = resume_config(str(tmp_path / 'short'), {'epochs': 4})
     assert longer.epochs == 4 and longer.out_dir == str(tmp_path / 'short')
+    capsys.readouterr()
     resumed = run(longer, data=data, resume=True)
     assert numbers(resumed.to_dict()) == numbers(full.to_dict())
+    # said without progress bars too (these runs have none)
+    assert 'resumed after epoch 1: epochs 2..3 to go' in capsys.readouterr().err
     assert len(short.history) == 2
     # Over: its stored result, without loading data or training again.
     monkeypatch.setattr(build_module, 'load_data', lambda c: pytest.fail('data loaded'))

@@ -215,3 +215,26 @@ def test_real_end_to_end_on_tiny_synthetic_data(tmp_path):
     assert sum(line.startswith('trial') for line in lines) == 2
     summary = (tmp_path / 'summary.md').read_text()
     assert 'model_args.reg_weight' in summary and 'test  Recall' in summary
+
+
+def test_json_prints_the_selection_alone_on_stdout(tmp_path, fake, capsys):
+    assert main(['--mrdib', '--epochs', '2', '--no-progress', '--space', 'alpha1=1e-4,1e-3',
+                 '--search-out', str(tmp_path), '--no-plots', '--json']) == 0
+    captured = capsys.readouterr()
+    record = json.loads(captured.out)  # nothing but the JSON on stdout
+    assert record == json.loads((tmp_path / 'selected.json').read_text())
+    assert record['selected']['alpha1'] == 1e-3 and 'trial ' in captured.err
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--resume', 'somewhere'], '--resume is an mrdib-train option'),
+    (['--plot'], '--plot is an mrdib-train option'),
+    (['--plot', 'x.png'], '--plot is an mrdib-train option'),
+])
+def test_train_options_that_mean_nothing_here_are_refused(tmp_path, fake, capsys, args,
+                                                          message):
+    # accepted as mrdib-train options, they used to be ignored without a word
+    assert main(['--mrdib', '--search-out', str(tmp_path / 's')] + args) == 2
+    err = capsys.readouterr().err
+    assert message in err and fake.calls == []
+    assert not (tmp_path / 's').exists()
