@@ -41,7 +41,9 @@ values; ``halving.png``: validation metric per rung).
 **Resuming.** Runs are keyed by their options, epoch budget and seed. Restarted on the same
 folder, a search reads ``trials.csv`` back and reruns only what is missing (a run killed
 midway left no row and is rerun). A folder holding a different search (other base
-configuration, space or method) is refused.
+configuration, space or method) is refused. (``mrdib-train``'s ``--resume`` and
+``--plot`` are refused here for that reason; ``--json`` prints ``selected.json`` on stdout,
+the progress lines then going to stderr.)
 
 Example::
 
