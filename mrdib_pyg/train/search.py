@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from mrdib_pyg.data.cache import atomic_write
-from mrdib_pyg.train.config import MRdIBOptions, TrainConfig, parse_value
+from mrdib_pyg.train.config import MRdIBOptions, TrainConfig, option_name, parse_value
 
 PAPER_GRID = [1e-4, 1e-3, 5e-3, 1e-2, 5e-2]
 METHODS = ('coordinate', 'halving')
@@ -376,6 +376,12 @@ def _coordinate(s: _Search, rounds: int) -> Dict[str, Any]:
             best[name] = s.base.model_args.get(name[len('model_args.'):], grid[0])
         else:
             best[name] = s.base.option(name)
+        if best[name] not in grid:  # a user reading only the grid would not expect it
+            flag = (f'--model-arg {name[len("model_args."):]}=VALUE'
+                    if name.startswith('model_args.') else option_name(name))
+            s.log(f'{name}: the starting value {best[name]!r} (the base configuration\'s) is '
+                  f'not in the grid {grid}; it is tried too and can be selected (set {flag} '
+                  f'to a grid value to start there)')
     best_score = s.evaluate(best, full, 'start')
     for r in range(1, rounds + 1):
         start = dict(best)

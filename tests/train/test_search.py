@@ -238,3 +238,15 @@ def test_train_options_that_mean_nothing_here_are_refused(tmp_path, fake, capsys
     err = capsys.readouterr().err
     assert message in err and fake.calls == []
     assert not (tmp_path / 's').exists()
+
+
+def test_a_start_value_off_the_grid_is_announced(tmp_path, fake, capsys):
+    # the base alpha1 (the paper's 0.005) is not among the two values asked for: it is
+    # tried first and could win, which the user is told before any run
+    assert main(['--mrdib', '--epochs', '2', '--no-progress', '--space', 'alpha1=1e-4,1e-3',
+                 '--space', 'alpha2=5e-2', '--search-out', str(tmp_path), '--no-plots']) == 0
+    out = capsys.readouterr().out
+    assert "alpha1: the starting value 0.005 (the base configuration's) is not in the grid " \
+           "[0.0001, 0.001]" in out and 'alpha1 (--alpha1)' in out
+    assert 'alpha2: the starting value' not in out  # 0.05 is on its grid
+    assert out.index('starting value') < out.index('trial ')
