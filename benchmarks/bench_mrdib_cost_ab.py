@@ -1,6 +1,6 @@
 r"""A/B: MRdIB's own cost per training batch, older revisions against this one, interleaved
 step by step in one process on the same tensors (Baby shapes: 19,445 users, 7,050 items, two
-64-d modality tables with gradients, 2,048-triple batches; one thread). One step is everything
+64-d modality tables with gradients, 2,048-triple batches; one thread, or ``--device cuda``). One step is everything
 MRdIB adds to a batch: its critic step, its loss terms, their backward into the tables and
 both optimiser steps. Medians over ``--steps`` steps each; the order of the versions rotates
 every step, so machine load affects all alike, and the ratios are measured in one run.
@@ -40,9 +40,11 @@ def main():
     p.add_argument('--steps', type=int, default=55)
     p.add_argument('--warmup', type=int, default=5)
     p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--device', default='cpu', help="'cuda' times the step on the GPU")
     p.add_argument('--out', default='mrdib_cost_ab.json')
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
     versions = {'current': load('mrdib_pyg')}
     for spec in args.version:
         label, _, where = spec.partition('=')
@@ -52,25 +54,25 @@ def main():
 
     torch.manual_seed(0)
     U, I, d, B = 19445, 7050, 64, 2048
-    tables = {m: torch.randn(I, d, requires_grad=True) for m in ('text', 'image')}
-    theta = torch.randn(U, d, requires_grad=True)
+    tables = {m: torch.randn(I, d, device=dev, requires_grad=True) for m in ('text', 'image')}
+    theta = torch.randn(U, d, device=dev, requires_grad=True)
     runs = {}
     for label, (MRdIB, Batch, MO, RO) in versions.items():
-        out = RO(user=torch.randn(U, 2 * d), item=torch.randn(I, 2 * d),
+        out = RO(user=torch.randn(U, 2 * d, device=dev), item=torch.randn(I, 2 * d, device=dev),
                  modalities={m: MO(t) for m, t in tables.items()}, modality_user=theta)
-        module = MRdIB.from_output(out)
+        module = MRdIB.from_output(out).to(dev)
         runs[label] = dict(module=module, out=out, Batch=Batch,
                            main=torch.optim.Adam(list(module.main_parameters()), lr=1e-3),
                            critic=torch.optim.Adam(module.critic_parameters(), lr=1e-3))
 
     def step(run, users, pos, neg):
         return sum(mrdib_step(run['module'], run['out'], run['Batch'](users, pos, neg),
-                              run['main'], run['critic'], (*tables.values(), theta)))
+                              run['main'], run['critic'], (*tables.values(), theta), dev))
 
     labels = list(runs)
     times = {label: [] for label in labels}
     for i in range(args.warmup + args.steps):
-        batch = (torch.randint(0, U, (B,)), torch.randint(0, I, (B,)), torch.randint(0, I, (B,)))
+        batch = tuple(torch.randint(0, n, (B,), device=dev) for n in (U, I, I))
         k = i % len(labels)
         for label in labels[k:] + labels[:k]:
             t = step(runs[label], *batch)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_baby, machine, print_table, write_json  # noqa: E402
+from common import load_baby, machine, print_table, synchronize, write_json  # noqa: E402
 
 from mrdib_pyg.train.config import TrainConfig  # noqa: E402
 from mrdib_pyg.train import build_trainer  # noqa: E402
@@ -50,11 +50,14 @@ def main():
     eval_s = {m: [] for m in args.modes}
     for epoch in range(args.epochs):
         for mode, tr in trainers.items():
+            synchronize(tr.device)
             t = time.perf_counter()
             tr.train_epoch(epoch)
+            synchronize(tr.device)
             train_s[mode].append(time.perf_counter() - t)
             t = time.perf_counter()
             tr.evaluate('val')
+            synchronize(tr.device)
             eval_s[mode].append(time.perf_counter() - t)
         print(f'epoch {epoch}: ' + ', '.join(f'{m} {train_s[m][-1]:.2f}s/{eval_s[m][-1]:.2f}s'
                                              for m in args.modes), flush=True)
@@ -65,9 +68,11 @@ def main():
         rows.append({'variant': mode, 'train_s_per_epoch': t, 'train_vs_bare': t / base_t,
                      'eval_s_per_pass': e, 'eval_vs_bare': e / base_e})
     print(f'\n{args.model} on Amazon Baby (GENERATED features), medians of {args.epochs} '
-          f'interleaved epochs, {torch.get_num_threads()} thread(s)')
+          f'interleaved epochs, {torch.get_num_threads()} thread(s), {machine()["device"]}')
     print_table(rows, list(rows[0]))
-    suffix = '_keepfreed' if args.keep_freed_memory else ''
+    device = next(iter(trainers.values())).device
+    suffix = ('_keepfreed' if args.keep_freed_memory else '') + (
+        f'_{device.type}' if device.type != 'cpu' else '')
     write_json(f'overhead_{args.model}_t{torch.get_num_threads()}{suffix}.json', {
         'dataset': 'amazon-baby (shared split), generated features', 'machine': machine(),
         'args': vars(args), 'rows': rows, 'train_s': train_s, 'eval_s': eval_s})

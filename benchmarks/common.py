@@ -34,23 +34,35 @@ def load_baby(root: Path = REPO / 'datasets', generated: bool = True):
     return data
 
 
-def mrdib_step(module, out, batch, main_opt, critic_opt, tables) -> Tuple[float, float]:
+def synchronize(device) -> None:
+    r"""Waits for the work queued on :obj:`device` (a no-op on the CPU), so that a wall-clock
+    reading after it counts that work."""
+    if torch.device(device).type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def mrdib_step(module, out, batch, main_opt, critic_opt, tables,
+               device='cpu') -> Tuple[float, float]:
     r"""Everything MRdIB adds to one training batch, timed: its critic step, then its loss
     terms, their backward into :obj:`tables` (the backbone's, whose gradients are reset
-    first) and the main optimiser's step. Returns (critic seconds, loss+backward seconds).
+    first) and the main optimiser's step. Returns (critic seconds, loss+backward seconds),
+    with the queued work of :obj:`device` waited for at each reading.
     Revisions before ``encode_batch`` existed are driven through their own API (the critic
     step encodes the batch again, then ``forward``)."""
+    synchronize(device)
     t0 = time.perf_counter()
     critic_opt.zero_grad(set_to_none=True)
     if hasattr(module, 'encode_batch'):  # one encoding, reused (detached) by the critic
         enc = module.encode_batch(out, batch)
         module.critic_loss(enc).backward()
         critic_opt.step()
+        synchronize(device)
         t1 = time.perf_counter()
         loss = module.loss_terms(out, batch, enc).loss
     else:
         module.critic_step_loss(out, batch).backward()
         critic_opt.step()
+        synchronize(device)
         t1 = time.perf_counter()
         loss = module(out, batch).loss
     main_opt.zero_grad(set_to_none=True)
@@ -58,6 +70,7 @@ def mrdib_step(module, out, batch, main_opt, critic_opt, tables) -> Tuple[float,
         t.grad = None
     loss.backward()
     main_opt.step()
+    synchronize(device)
     return t1 - t0, time.perf_counter() - t1
 
 
