@@ -26,7 +26,10 @@ def random_derangement(n: int, device=None,
     element moves). :obj:`n < 2` returns the identity (no derangement exists)."""
     if n < 2:
         return torch.arange(n, device=device)
-    order = torch.randperm(n, generator=generator).to(device)
+    # drawn where it is used (a copy from the host would wait for the GPU), unless a
+    # generator of another device is given
+    where = device if generator is None else generator.device
+    order = torch.randperm(n, generator=generator, device=where).to(device)
     perm = torch.empty_like(order)
     perm[order] = order.roll(-1)
     return perm
@@ -87,6 +90,9 @@ class MINECritic(nn.Module):
         # log of the (un-corrected) moving average of E_marg[exp T]; starts at log(0).
         self.register_buffer('log_ema', torch.tensor(float('-inf')))
         self.register_buffer('ema_steps', torch.tensor(0, dtype=torch.long))
+        # ema_steps as a Python int once read (None: not read since the last load): reading
+        # the buffer at every step would wait for the GPU
+        self._steps: Optional[int] = None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -97,6 +103,11 @@ class MINECritic(nn.Module):
     def reset_ema(self):
         self.log_ema.fill_(float('-inf'))
         self.ema_steps.zero_()
+        self._steps = 0
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._steps = None
 
     def forward(self, a: Tensor, b: Tensor, detach_params: bool = False,
                 marginal_perm: Optional[Tensor] = None):
@@ -164,7 +175,9 @@ class MINECritic(nn.Module):
     @torch.no_grad()
     def _corrected_log_ema(self, lme: Tensor, update: bool) -> Tensor:
         log_ema = self.log_ema.to(lme.dtype)
-        steps = int(self.ema_steps)
+        if self._steps is None:
+            self._steps = int(self.ema_steps)
+        steps = self._steps
         if update:
             d = self.ema_decay
             # ema <- d * ema + (1 - d) * mean(exp T), in log space (log 0 = -inf at the start)
@@ -175,6 +188,7 @@ class MINECritic(nn.Module):
             steps += 1
             self.log_ema.copy_(log_ema)
             self.ema_steps.fill_(steps)
+            self._steps = steps
         if steps == 0:  # nothing averaged yet: plain MINE gradient
             return lme
         # Adam-style bias correction of an average that started at 0

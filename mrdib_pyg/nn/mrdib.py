@@ -148,6 +148,9 @@ class VariationalEncoder(nn.Module):
                      if input_norm == 'layer' else nn.Identity())
         # 'scale': 1 / RMS of the first batch, set once (0 = not calibrated yet)
         self.register_buffer('inv_scale', torch.zeros(()))
+        # whether inv_scale is known to be set: reading the buffer on every call would wait
+        # for the GPU each time (cleared when a state dict is loaded)
+        self._calibrated = False
         if hidden is None:
             self.net = nn.Linear(in_dim, 2 * latent_dim)
         else:
@@ -162,9 +165,12 @@ class VariationalEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         if self.input_norm == 'scale':
-            if self.inv_scale == 0:
-                with torch.no_grad():
-                    self.inv_scale.fill_(float(x.pow(2).mean().sqrt().clamp_min(1e-12)) ** -1)
+            if not self._calibrated:
+                if self.inv_scale == 0:
+                    with torch.no_grad():
+                        self.inv_scale.fill_(
+                            float(x.pow(2).mean().sqrt().clamp_min(1e-12)) ** -1)
+                self._calibrated = True
             x = x * self.inv_scale
         mu, raw = self.net(self.norm(x)).chunk(2, dim=-1)
         if self.logvar_bound is None:
@@ -173,6 +179,10 @@ class VariationalEncoder(nn.Module):
         # L tanh(r / L) written as 2L sigmoid(2r / L) - L: the same function, and torch's
         # CPU sigmoid is several times faster than its tanh
         return mu, torch.sigmoid(raw * (2.0 / bound)) * (2.0 * bound) - bound
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._calibrated = False  # the loaded scale may be 0 (saved before the first batch)
 
     def extra_repr(self) -> str:
         return f'input_norm={self.input_norm}, logvar_bound={self.logvar_bound}'

@@ -142,3 +142,24 @@ def test_ema_decay_validated_and_reset():
     critic.reset_parameters()
     assert int(critic.ema_steps) == 0 and critic.log_ema.item() == float('-inf')
     assert 'hidden=128' in repr(critic)
+
+
+def test_moving_average_step_count_follows_a_loaded_state():
+    # the step count of the bias correction is kept in Python between steps (no GPU read
+    # per step) and must follow a loaded state dict
+    torch.manual_seed(0)
+    a, b = torch.randn(8, 2), torch.randn(8, 2)
+    critic, fresh = MINECritic(2, 2), MINECritic(2, 2)
+    for _ in range(3):
+        critic.mine_loss(a, b)
+    lme = torch.tensor(0.3)
+    corrected = critic._corrected_log_ema(lme, update=False)
+    assert not torch.equal(corrected, lme)
+    critic.load_state_dict(fresh.state_dict())  # nothing averaged yet: the plain gradient
+    assert torch.equal(critic._corrected_log_ema(lme, update=False), lme)
+    critic.mine_loss(a, b)
+    assert int(critic.ema_steps) == 1
+    restored = MINECritic(2, 2)
+    restored.load_state_dict(critic.state_dict())
+    assert torch.equal(restored._corrected_log_ema(lme, update=False),
+                       critic._corrected_log_ema(lme, update=False))

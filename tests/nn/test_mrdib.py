@@ -560,6 +560,24 @@ def test_scale_conditioning_is_set_once_and_keeps_the_scale_gradient():
     assert 'inv_scale' in enc.state_dict()
 
 
+def test_scale_loaded_from_a_state_dict_is_used_and_an_unset_one_is_recalibrated():
+    # the encoder remembers in Python that its scale is set (no GPU read per call); a
+    # loaded state replaces the scale, and a state saved before any batch (scale 0) must
+    # lead to a new calibration, not to inputs multiplied by 0
+    torch.manual_seed(0)
+    x = 50.0 * torch.randn(64, 16)
+    enc = VariationalEncoder(16, 4)
+    enc(x)
+    other = VariationalEncoder(16, 4)
+    other.inv_scale.fill_(0.5)
+    enc.load_state_dict(other.state_dict())
+    assert torch.equal(enc(x)[0], other(x)[0]) and float(enc.inv_scale) == 0.5
+    enc.load_state_dict(VariationalEncoder(16, 4).state_dict())  # never calibrated
+    enc(2.0 * x)
+    assert float(enc.inv_scale) == pytest.approx(1 / float((2.0 * x).pow(2).mean().sqrt()),
+                                                 rel=1e-5)
+
+
 def test_wo_mib_does_not_sample():
     out = make_output()
     batch = make_batch()
