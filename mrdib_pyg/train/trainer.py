@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from mrdib_pyg.data.cache import atomic_write
 from mrdib_pyg.data.sampling import BPRSampler
-from mrdib_pyg.data.schema import ITEM, RATES, USER, modality_names
+from mrdib_pyg.data.schema import ITEM, RATES, USER, modality_names, split_name
 from mrdib_pyg.data.synthetic import has_generated_features
 from mrdib_pyg.evaluate import FullRankEvaluator
 from mrdib_pyg.nn.models import Recommender
@@ -424,8 +424,14 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, split: str) -> Dict[str, float]:
+        r"""Full-ranking metrics of :obj:`split` (``'val'``, also ``'valid'``, or ``'test'``)
+        with the model in evaluation mode."""
+        evaluators = {'val': self.valid_eval, 'test': self.test_eval}
+        if split_name(split) not in evaluators:  # any other name must not mean 'test'
+            raise ValueError(f"Trainer.evaluate: unknown split {split!r} (expected 'val', "
+                             f"'valid' or 'test')")
         self.model.eval()
-        evaluator = self.valid_eval if split == 'val' else self.test_eval
+        evaluator = evaluators[split_name(split)]
         return evaluator.evaluate(self.model.score, device=self.device, rank=self.rank,
                                   world_size=self.world_size)
 

@@ -188,3 +188,15 @@ def test_model_presets_sit_under_dataset_presets_config_and_flags(tmp_path):
     (tmp_path / 'c.yaml').write_text('model: mmgcn\nlr: 0.002\n')
     cfg, _ = config_from_args(['--config', str(tmp_path / 'c.yaml'), '--dataset', 'baby'])
     assert cfg.lr == 0.002
+
+
+def test_evaluate_names_its_split_and_refuses_unknown_ones(data):
+    # 'valid' (the command line's word) is validation; any other unknown name used to
+    # give the TEST metrics without a word
+    c = cfg(model='lightgcn', epochs=1)
+    trainer = Trainer(build_model(c, data), data, c)
+    val, test = trainer.evaluate('val'), trainer.evaluate('test')
+    assert val != test and trainer.evaluate('valid') == val
+    for wrong in ('validaton', 'train', 'Test'):
+        with pytest.raises(ValueError, match=f"unknown split '{wrong}'"):
+            trainer.evaluate(wrong)
