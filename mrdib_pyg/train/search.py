@@ -29,7 +29,8 @@ otherwise takes the first tied value in grid order; successive halving keeps gri
 The test metrics the trainer computes for every run are never printed, written or
 compared: trial records drop them. Once the setting is selected, it is trained once more
 at the full budget (``cfg.epochs``) for each seed, or its full-budget trial is reused when
-it ran in this process, and *its* test metrics are the only test numbers reported (``selected.json``, ``summary.md``, the console).
+it ran in this process, and *its* test metrics are the only test numbers reported
+(``selected.json``, ``summary.md``, the console).
 
 **Outputs** in the search folder: ``trials.csv`` (one row per run: trial id, stage, seed,
 epoch budget, options, best epoch, validation metrics at the best epoch, seconds; rewritten
@@ -601,8 +602,8 @@ def build_search_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     r"""Entry point of ``mrdib-search``; returns the exit status (2 on input errors)."""
-    from mrdib_pyg.train import cli
-    with cli.plain_warnings('mrdib-search'):
+    from mrdib_pyg.train.cli import plain_warnings
+    with plain_warnings('mrdib-search'):
         return _main(argv)
 
 

@@ -426,12 +426,11 @@ class Trainer:
     def evaluate(self, split: str) -> Dict[str, float]:
         r"""Full-ranking metrics of :obj:`split` (``'val'``, also ``'valid'``, or ``'test'``)
         with the model in evaluation mode."""
-        evaluators = {'val': self.valid_eval, 'test': self.test_eval}
-        if split_name(split) not in evaluators:  # any other name must not mean 'test'
+        evaluator = {'val': self.valid_eval, 'test': self.test_eval}.get(split_name(split))
+        if evaluator is None:  # any other name must not mean 'test'
             raise ValueError(f"Trainer.evaluate: unknown split {split!r} (expected 'val', "
                              f"'valid' or 'test')")
         self.model.eval()
-        evaluator = evaluators[split_name(split)]
         return evaluator.evaluate(self.model.score, device=self.device, rank=self.rank,
                                   world_size=self.world_size)
 
