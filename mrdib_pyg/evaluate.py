@@ -40,13 +40,16 @@ What differs on purpose:
 * :math:`K` larger than the number of items is allowed: the ranked list is clipped to all
   items, while Precision still divides by the nominal :math:`K` and NDCG/MAP use
   :math:`\min(n_u, K)`;
-* training and held-out pairs are deduplicated (MMRec's data never has duplicates).
+* training and held-out pairs are deduplicated (MMRec's data never has duplicates);
+* a split without any evaluated user gives NaN for every metric, never a 0 that reads as a
+  result.
 
 The per-user formulas are PyG's :mod:`torch_geometric.metrics` link-prediction metrics
 (:class:`~torch_geometric.metrics.LinkPredRecall`, ...), which agree with MMRec's
 definitions; this module adds the batched full sort, the masking, the users' bookkeeping and
 Recall2.
 """
+import math
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -333,7 +336,9 @@ class FullRankEvaluator:
         for m in self.metrics:
             for j, k in enumerate(self.ks):
                 key = f'{m}@{k}'
-                if m == 'Recall2':
+                if self.num_eval_users == 0:  # a mean over nobody: undefined, never 0
+                    value = math.nan
+                elif m == 'Recall2':
                     value = int(hits[j]) / total if total > 0 else 0.0
                 else:
                     value = pyg[key]
@@ -378,8 +383,9 @@ class FullRankEvaluator:
 
         Returns:
             dict: metric name :math:`\rightarrow` value, keys such as :obj:`'Recall@20'`,
-            metric-major and by increasing :math:`K`. All zeros when no user has a
-            held-out item.
+            metric-major and by increasing :math:`K`. All NaN when no user has a
+            held-out item (a mean over nobody is undefined; MMRec's ``np.mean`` of an
+            empty list gives NaN too).
         """
         if world_size > 1:
             return self._evaluate_sharded(score_fn, device, clone_scores, rank, world_size)

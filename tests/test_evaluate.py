@@ -296,7 +296,11 @@ def test_no_heldout_users():
     ev = FullRankEvaluator(3, 5, torch.tensor([[0], [1]]), torch.empty(2, 0, dtype=torch.long))
     assert ev.num_eval_users == 0
     out = ev.evaluate(lambda u: torch.zeros(u.numel(), 5))
-    assert all(v == 0.0 for v in out.values())
+    # a mean over nobody is undefined: NaN, never a 0 that reads as a result
+    assert out and all(math.isnan(v) for v in out.values())
+    ev = FullRankEvaluator(3, 5, torch.tensor([[0], [1]]), torch.empty(2, 0, dtype=torch.long),
+                           metrics=('recall2', ), round_to=4)
+    assert all(math.isnan(v) for v in ev.evaluate(lambda u: torch.zeros(u.numel(), 5)).values())
 
 
 def test_errors():

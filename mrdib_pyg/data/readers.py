@@ -519,6 +519,18 @@ def clean_splits(splits: Dict[str, Tensor], num_items: int, source: str,
             raise DatasetFormatError(msg + " (strict=True)")
         warnings.warn(msg + "; dropped from the held-out splits as MMRec's "
                       "filter_out_cod_start_users does", stacklevel=3)
+
+    held_items = np.unique(np.concatenate([out[s][1].numpy() for s in ('val', 'test')]))
+    cold_items = int((~np.isin(held_items, np.unique(train[1].numpy()))).sum())
+    if cold_items:
+        warnings.warn(f"{source}: {cold_items} item(s) appear in validation/test but never "
+                      f"in training (cold-start items); kept, as MMRec does: only their "
+                      f"features describe them", stacklevel=3)
+    for s, label in (('val', 'validation'), ('test', 'test')):
+        if out[s].size(1) == 0:  # its metrics would be a mean over nobody
+            warnings.warn(f"{source}: the {label} split is empty: its metrics are undefined "
+                          f"(NaN), and mrdib-train, which selects epochs on validation, needs "
+                          f"validation interactions", stacklevel=3)
     return out
 
 

@@ -9,6 +9,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -374,6 +375,17 @@ class Trainer:
         kw = dict(ks=tuple(cfg.topk), batch_size=cfg.eval_batch_size)
         self.valid_eval = FullRankEvaluator.from_data(data, 'val', **kw)
         self.test_eval = FullRankEvaluator.from_data(data, 'test', **kw)
+        # an empty split would report zeros (now NaN) as if they were results
+        if self.valid_eval.num_eval_users == 0:
+            raise ValueError(
+                "the data has no validation interaction to evaluate (the 'val' split is "
+                "empty, or holds only users without training items): the trainer picks "
+                "the best epoch and stops early on validation. Mark some interactions as "
+                "validation (x_label 1 in an MMRec .inter file, or val.json)")
+        if self.test_eval.num_eval_users == 0:
+            warnings.warn("the data has no test interaction to evaluate (the 'test' split "
+                          "is empty, or holds only users without training items): the test "
+                          "metrics will be NaN", stacklevel=2)
         self.info = {'num_users': num_users, 'num_items': num_items,
                      'num_train': int(data[RATES].edge_index.size(1)),
                      'modalities': modality_names(data),

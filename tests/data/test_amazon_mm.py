@@ -294,3 +294,16 @@ def test_real_amazon_baby(tmp_path):
     assert store.val_edge_index.size(1) == 20559
     assert store.test_edge_index.size(1) == 20559
     assert store.edge_index[1].unique().numel() == 7048
+
+
+def test_empty_split_and_cold_items_reported(make_mmrec):
+    from conftest import TRAIN, VAL
+    # item 4 only in validation (never trained on); no test interaction at all
+    train = [p for p in TRAIN if p[1] != 4] + [(3, 3)]
+    root = make_mmrec(train=train, val=VAL, test=[])
+    with pytest.warns(UserWarning) as record:
+        data = AmazonMM(str(root), 'toy')[0]
+    msgs = ' '.join(str(w.message) for w in record)
+    assert '1 item(s) appear in validation/test but never in training' in msgs
+    assert 'the test split is empty' in msgs and 'the validation split' not in msgs
+    assert data[RATES].test_edge_index.size(1) == 0

@@ -341,6 +341,13 @@ def assert_encodes(data, ab: Abstract) -> None:
 
 def unexpected_warnings(messages: List[str], ab: Abstract) -> List[str]:
     allowed = [] if ab.features else ['holds interactions only']
+    # reported, not errors: an empty held-out split, held-out items never trained on
+    allowed += [f'the {label} split is empty' for s, label in (('val', 'validation'),
+                                                               ('test', 'test'))
+                if not ab.splits[s]]
+    trained = {i for _, i in ab.splits['train']}
+    if any(i not in trained for s in ('val', 'test') for _, i in ab.splits[s]):
+        allowed.append('never in training (cold-start items)')
     if any('__' in m for m in ab.features):  # PyG's own, once per process
         allowed.append("in the 'HeteroData' object that contain double underscores")
     return [m for m in messages if not any(a in m for a in allowed)]
@@ -996,6 +1003,14 @@ def test_documented_changes(data):
     if cold_users:
         wanted.append(rf"{len(cold_users)} cold-start user\(s\) .*\({cold_pairs} held-out "
                       rf"interaction\(s\)\); dropped")
+    trained = {i for _, i in expected['train']}
+    cold_items = {i for s in ('val', 'test') for _, i in expected[s]} - trained
+    if cold_items:
+        wanted.append(rf"{len(cold_items)} item\(s\) appear in validation/test but never "
+                      rf"in training \(cold-start items\); kept")
+    wanted += [f'the {label} split is empty' for s, label in (('val', 'validation'),
+                                                              ('test', 'test'))
+               if not expected[s]]
     if not ab.features:
         wanted.append('holds interactions only')
     for pattern in wanted:

@@ -195,7 +195,7 @@ def test_clean_splits_cold_start():
 
 
 def test_clean_splits_clean_input_is_silent():
-    splits = {'train': pairs((0, 1), (1, 2)), 'val': pairs((0, 2)), 'test': pairs((1, 0))}
+    splits = {'train': pairs((0, 1), (1, 2), (0, 0)), 'val': pairs((0, 2)), 'test': pairs((1, 0))}
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         out = clean_splits(splits, 3, 'src')

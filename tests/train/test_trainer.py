@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -200,3 +201,19 @@ def test_evaluate_names_its_split_and_refuses_unknown_ones(data):
     for wrong in ('validaton', 'train', 'Test'):
         with pytest.raises(ValueError, match=f"unknown split '{wrong}'"):
             trainer.evaluate(wrong)
+
+
+def test_empty_split_is_an_error_or_a_warning():
+    from mrdib_pyg.data.schema import RATES
+    data = SyntheticMM(num_users=40, num_items=30, seed=0)[0]
+    no_test = data.clone()
+    no_test[RATES].test_edge_index = no_test[RATES].test_edge_index[:, :0]
+    cfg = TrainConfig(model='bprmf', epochs=1, progress=False)
+    with pytest.warns(UserWarning, match="no test interaction.*NaN"):
+        res = Trainer(build_model(cfg, no_test), no_test, cfg).fit()
+    assert all(math.isnan(v) for v in res.test_at_best.values())
+    assert not any(math.isnan(v) for v in res.best_valid.values())
+    no_valid = data.clone()
+    no_valid[RATES].val_edge_index = no_valid[RATES].val_edge_index[:, :0]
+    with pytest.raises(ValueError, match="no validation interaction"):
+        Trainer(build_model(cfg, no_valid), no_valid, cfg)
