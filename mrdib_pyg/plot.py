@@ -23,6 +23,7 @@ import json
 import math
 import os
 import statistics
+import sys
 from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
@@ -33,12 +34,19 @@ __all__ = ['plot_training', 'plot_comparison', 'plot_dataset', 'run_label', 'loa
 Result = Union[str, os.PathLike, Mapping[str, Any]]
 
 
-def _figure(**kwargs):
+def require_matplotlib() -> None:
+    r"""Raises :class:`ImportError`, saying how to install it, when matplotlib is missing
+    (commands call it before long work whose end is a plot)."""
     try:
-        from matplotlib.figure import Figure
-    except ImportError as e:  # pragma: no cover - depends on the installation
+        import matplotlib  # noqa: F401
+    except ImportError as e:
         raise ImportError("plotting needs matplotlib: pip install 'mrdib-pyg[plot]' "
                           "(or pip install matplotlib)") from e
+
+
+def _figure(**kwargs):
+    require_matplotlib()
+    from matplotlib.figure import Figure
     return Figure(layout='constrained', **kwargs)
 
 
@@ -271,16 +279,27 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     d.add_argument('--root', default='data')
     d.add_argument('-o', '--out', required=True)
     args = p.parse_args(argv)
-    if args.what == 'curves':
-        folder = args.result if os.path.isdir(args.result) else os.path.dirname(args.result)
-        out = plot_training(args.result, args.out or os.path.join(folder, 'curves.png'))
-    elif args.what == 'compare':
-        out = plot_comparison(args.results, args.out, args.metric, args.split)
-    else:
-        from mrdib_pyg.train.build import load_data
-        from mrdib_pyg.train.config import TrainConfig
-        data = load_data(TrainConfig(dataset=args.dataset, root=args.root))
-        out = plot_dataset(data, args.out)
+    from mrdib_pyg.train.cli import OTHER_ERRORS, USER_ERRORS, error_message, plain_warnings
+    try:
+        with plain_warnings('mrdib-plot'):
+            require_matplotlib()  # before a dataset is loaded for nothing
+            if args.what == 'curves':
+                folder = (args.result if os.path.isdir(args.result)
+                          else os.path.dirname(args.result))
+                out = plot_training(args.result,
+                                    args.out or os.path.join(folder, 'curves.png'))
+            elif args.what == 'compare':
+                out = plot_comparison(args.results, args.out, args.metric, args.split)
+            else:
+                from mrdib_pyg.train.build import load_data
+                from mrdib_pyg.train.config import TrainConfig
+                data = load_data(TrainConfig(dataset=args.dataset, root=args.root))
+                out = plot_dataset(data, args.out)
+    except USER_ERRORS + OTHER_ERRORS as err:
+        if os.environ.get('MRDIB_TRACEBACK', '') not in ('', '0'):
+            raise
+        print(f'mrdib-plot: error: {error_message(err)}', file=sys.stderr)
+        sys.exit(2)
     print(f'written {out}')
 
 

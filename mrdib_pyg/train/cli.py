@@ -254,6 +254,9 @@ def _main(argv: Optional[List[str]] = None) -> int:
             from mrdib_pyg.train.trainer import resume_config
             cfg = resume_config(args.resume, given_options(args))
         cfg.validate()  # before the heavy imports and any data is loaded
+        if args.plot is not None:  # not after a long run whose last step would fail
+            from mrdib_pyg.plot import require_matplotlib
+            require_matplotlib()
         from mrdib_pyg.train.build import run
         result = run(cfg, resume=True) if args.resume is not None else run(cfg)
     except USER_ERRORS + OTHER_ERRORS as err:
@@ -265,7 +268,8 @@ def _main(argv: Optional[List[str]] = None) -> int:
         return 2
     if int(os.environ.get('RANK', '0') or 0) != 0:
         return 0  # under torchrun only rank 0 prints the result
-    if args.plot is not None:
+    _print_result(cfg, args, result)
+    if args.plot is not None:  # last: a failed plot must not hide the results
         try:
             from mrdib_pyg.plot import plot_training
             png = args.plot or os.path.join(cfg.out_dir or '.', 'curves.png')
@@ -273,10 +277,14 @@ def _main(argv: Optional[List[str]] = None) -> int:
         except (ImportError, OSError, ValueError) as err:
             print(f'mrdib-train: error: no plot written: {error_message(err)}', file=sys.stderr)
             return 2
+    return 0
+
+
+def _print_result(cfg, args, result) -> None:
     if args.json:
         json.dump(result.to_dict(), sys.stdout, indent=1)
         print()
-        return 0
+        return
     info = result.info
     o = cfg.mrdib
     mode = f" + MRdIB ({o.ablation}{', replace' if o.replace else ''})" if o is not None else ''
@@ -293,7 +301,6 @@ def _main(argv: Optional[List[str]] = None) -> int:
     print(format_table(result))
     if cfg.out_dir:
         print(f'results written to {cfg.out_dir}/results.json')
-    return 0
 
 
 if __name__ == '__main__':  # pragma: no cover

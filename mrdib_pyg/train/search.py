@@ -531,7 +531,8 @@ def _plot(s: _Search, selected: Dict[str, Any]) -> None:
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        s.log('matplotlib is not installed: no plot written')
+        s.log("no plot written: matplotlib is not installed (pip install 'mrdib-pyg[plot]'; "
+              "--no-plots silences this)")
         return
     names, m = list(s.space), s.metric
     if s.method == 'coordinate':
@@ -596,7 +597,9 @@ def build_search_parser() -> argparse.ArgumentParser:
     g.add_argument('--seeds', type=int, nargs='+', default=None,
                    help='one run per seed, the mean validation metric decides '
                         '(default: --seed)')
-    g.add_argument('--no-plots', action='store_true', help='write no PNG')
+    g.add_argument('--no-plots', action='store_true',
+                   help='write no PNG (by default the search plots its trials when '
+                        'matplotlib is installed)')
     return p
 
 
@@ -630,6 +633,9 @@ def _main(argv: Optional[List[str]] = None) -> int:
             raise ValueError('--resume is an mrdib-train option: a search resumes by itself '
                              'when the same command is run again (the finished trials in '
                              '--search-out are reused)')
+        if cfg.out_dir:
+            raise ValueError('--out-dir is an mrdib-train option: the search writes every '
+                             "trial's run, its tables and its plots into --search-out DIR")
         if train_args.plot is not None:
             raise ValueError('--plot is an mrdib-train option: the search writes its own plot '
                              'into --search-out (--no-plots: none)')

@@ -253,3 +253,21 @@ def test_warnings_are_one_plain_line_on_the_command_line():
         other = warnings.formatwarning('old API', DeprecationWarning, 'x.py', 7)
         assert 'DeprecationWarning' in other and 'x.py:7' in other  # Python's own format
     assert warnings.formatwarning is python_format  # restored
+
+
+def test_plot_without_matplotlib_fails_before_training(capsys, no_data, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, 'matplotlib', None)  # import matplotlib -> ImportError
+    line = fail(capsys, '--plot', '--out-dir', str(tmp_path / 'run'))
+    assert "plotting needs matplotlib: pip install 'mrdib-pyg[plot]'" in line
+    assert not (tmp_path / 'run').exists()
+
+
+def test_plot_command_without_matplotlib_is_one_line(capsys, monkeypatch, tmp_path):
+    from mrdib_pyg.plot import main as plot_main
+    monkeypatch.setitem(sys.modules, 'matplotlib', None)
+    with pytest.raises(SystemExit) as exit_:
+        plot_main(['dataset', '--dataset', 'synthetic', '-o', str(tmp_path / 'd.png')])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith('mrdib-plot: error: plotting needs matplotlib')
+    assert len(err.strip().splitlines()) == 1 and 'Traceback' not in err

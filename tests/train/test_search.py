@@ -230,6 +230,7 @@ def test_json_prints_the_selection_alone_on_stdout(tmp_path, fake, capsys):
     (['--resume', 'somewhere'], '--resume is an mrdib-train option'),
     (['--plot'], '--plot is an mrdib-train option'),
     (['--plot', 'x.png'], '--plot is an mrdib-train option'),
+    (['--out-dir', 'somewhere'], '--out-dir is an mrdib-train option'),
 ])
 def test_train_options_that_mean_nothing_here_are_refused(tmp_path, fake, capsys, args,
                                                           message):
