@@ -49,6 +49,10 @@ HELP = {
     'out_dir': 'write results.json, best.pt (best validation epoch) and last.pt (after every '
                'epoch, for --resume) here',
     'device': "'auto', 'cpu', 'cuda', 'cuda:1', ...",
+    'progress': 'show progress: bars on a terminal, one line per epoch when stderr is a file '
+                'or a pipe (--no-progress: nothing)',
+    'encoder_hidden': "hidden width of each MRdIB encoder; none: one Linear layer",
+    'fusion_hidden': "hidden width of MRdIB's fusion MLP; none: latent_dim",
     'keep_freed_memory': "glibc: reuse large freed blocks instead of returning them to the "
                          "system each step (faster on CPU; --no-keep-freed-memory: glibc's "
                          "defaults)",
@@ -133,14 +137,23 @@ def build_parser() -> argparse.ArgumentParser:
                    else f.default_factory())
         if isinstance(default, bool):
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                               default=None, help=help_text.get(f.name, f'(default: {default})'))
+                               default=None, help=_with_default(help_text.get(f.name), default))
         elif f.name == 'topk':
             group.add_argument(flag, dest=f.name, type=int, nargs='+', default=None,
                                help=f'(default: {list(default)})')
         else:
             group.add_argument(flag, dest=f.name, type=_field_parser(f), default=None,
-                               help=help_text.get(f.name, f'(default: {default})'))
+                               help=_with_default(help_text.get(f.name), default))
     return p
+
+
+def _with_default(text: Optional[str], default: Any) -> str:
+    r"""A flag's help with its default, unless the text already states it."""
+    shown = 'none' if default is None else str(default).lower() if isinstance(default, bool) \
+        else default
+    if text and 'default' in text:
+        return text
+    return f'{text} (default: {shown})' if text else f'(default: {shown})'
 
 
 def config_from_args(argv: Optional[List[str]] = None) -> (TrainConfig, argparse.Namespace):

@@ -404,7 +404,7 @@ class Trainer:
         self.model.pre_epoch(epoch)
         sums: Dict[str, float] = {}
         bar = tqdm(self.sampler, desc=f'epoch {epoch}', leave=False,
-                   disable=not (self.cfg.progress and self.is_main))
+                   disable=self._progress() != 'bars')
         for batch in bar:
             out, batch = self.model.forward_batch(batch.to(self.device))
             loss = self.model.loss(out, batch)
@@ -472,8 +472,8 @@ class Trainer:
         ckpt = os.path.join(cfg.out_dir, 'best.pt') if cfg.out_dir else None
         last = os.path.join(cfg.out_dir, LAST) if cfg.out_dir else None
         epochs = range(start, cfg.epochs) if not stopper.should_stop else range(0)
-        bar = tqdm(epochs, desc='training', disable=not (cfg.progress and self.is_main),
-                   initial=start,
+        progress = self._progress()
+        bar = tqdm(epochs, desc='training', disable=progress != 'bars', initial=start,
                    total=max(cfg.epochs, start))
         for epoch in bar:
             t0 = time.perf_counter()
@@ -505,11 +505,27 @@ class Trainer:
                     'eval_seconds': eval_times})
             bar.set_postfix(loss=f"{losses.get('loss', float('nan')):.4f}",
                             **{cfg.valid_metric: f'{valid[cfg.valid_metric]:.4f}'},
-                            best=stopper.best_epoch)
+                            best=stopper.best_epoch,
+                            patience=f'{stopper.bad_epochs}/{stopper.patience}')
+            if progress == 'lines':
+                print(f"epoch {epoch}/{cfg.epochs}: loss {losses.get('loss', float('nan')):.4f}"
+                      f", valid {cfg.valid_metric} {valid[cfg.valid_metric]:.4f}, best epoch "
+                      f"{stopper.best_epoch} ({stopper.bad_epochs}/{stopper.patience} "
+                      f"without improvement), {train_times[-1]:.1f} s train + "
+                      f"{eval_times[-1]:.1f} s eval", file=sys.stderr, flush=True)
             if stopper.should_stop:
                 break
         return TrainResult(cfg.to_dict(), stopper.best_epoch, best_valid, test_at_best,
                            history, _timings(train_times, eval_times, len(history)), self.info)
+
+    def _progress(self) -> str:
+        r"""How progress is shown: ``'bars'`` on a terminal, one ``'lines'`` per epoch when
+        stderr is a file or a pipe (bars there are hundreds of fragments), or ``'none'``
+        (``progress=False``, or not rank 0)."""
+        if not (self.cfg.progress and self.is_main):
+            return 'none'
+        isatty = getattr(sys.stderr, 'isatty', None)
+        return 'bars' if isatty is not None and isatty() else 'lines'
 
     def save(self, path: str, epoch: int) -> None:
         r"""The weights of epoch :obj:`epoch` (model and plug-ins), atomically."""

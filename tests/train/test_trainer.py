@@ -217,3 +217,16 @@ def test_empty_split_is_an_error_or_a_warning():
     no_valid[RATES].val_edge_index = no_valid[RATES].val_edge_index[:, :0]
     with pytest.raises(ValueError, match="no validation interaction"):
         Trainer(build_model(cfg, no_valid), no_valid, cfg)
+
+
+def test_progress_is_one_line_per_epoch_when_stderr_is_not_a_terminal(capsys):
+    data = SyntheticMM(num_users=40, num_items=30, seed=0)[0]
+    cfg = TrainConfig(model='bprmf', epochs=3, patience=5, progress=True)
+    Trainer(build_model(cfg, data), data, cfg).fit()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(':')[0] for line in lines] == ['epoch 0/3', 'epoch 1/3', 'epoch 2/3']
+    assert 'valid Recall@20' in lines[0] and 'without improvement' in lines[0]
+    assert '\r' not in ''.join(lines) and '%|' not in ''.join(lines)  # no bar fragments
+    cfg.progress = False
+    Trainer(build_model(cfg, data), data, cfg).fit()
+    assert capsys.readouterr().err == ''
