@@ -3,11 +3,10 @@ import torch
 import torch.nn.functional as F
 
 from mrdib_pyg.data.derived import ItemKNN, UserItemGraph
-from mrdib_pyg.data.sampling import BPRBatch
-from mrdib_pyg.data.schema import build_heterodata
 from mrdib_pyg.nn.models.lattice import LATTICE
 from mrdib_pyg.nn.models.registry import MODELS, model_defaults
 from mrdib_pyg.nn.mrdib import MRdIB
+from tests.nn.models.tiny import batch_of_four, graph_with_untrained_item
 
 U, I, K = 12, 11, 4
 GRAPH_PARAMS = {'feature_emb.image', 'feature_emb.text', 'trs.text.weight', 'trs.text.bias',
@@ -15,14 +14,7 @@ GRAPH_PARAMS = {'feature_emb.image', 'feature_emb.text', 'trs.text.weight', 'trs
 
 
 def make_data(modalities=('image', 'text'), seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ei = torch.unique(torch.stack([torch.randint(U, (60, ), generator=g),
-                                   torch.randint(I - 1, (60, ), generator=g)]), dim=1)
-    dims = {'image': 16, 'text': 6}
-    # non-negative image features (as CNN features); the last item has no training edge
-    feats = {m: torch.rand(I, dims[m], generator=g) if m == 'image'
-             else torch.randn(I, dims[m], generator=g) for m in modalities}
-    return build_heterodata(U, I, ei, ei[:, :3], ei[:, 3:6], feats)
+    return graph_with_untrained_item(modalities, seed)
 
 
 @pytest.fixture
@@ -31,8 +23,7 @@ def data():
 
 
 def batch():
-    return BPRBatch(torch.tensor([0, 1, 2, 1]), torch.tensor([0, 1, 2, 3]),
-                    torch.tensor([3, 4, 5, 6]))
+    return batch_of_four()
 
 
 def build(data, seed=0, **kwargs):

@@ -3,24 +3,17 @@ import torch
 import torch.nn.functional as F
 
 from mrdib_pyg.data.derived import UserItemGraph
-from mrdib_pyg.data.sampling import BPRBatch
-from mrdib_pyg.data.schema import build_heterodata
 from mrdib_pyg.nn.models.lgmrec import LGMRec, table_info_nce
 from mrdib_pyg.nn.models.registry import MODELS, model_defaults
 from mrdib_pyg.nn.mrdib import MRdIB
+from tests.nn.models.tiny import (assert_every_parameter_trained, batch_of_four,
+                                   graph_with_untrained_item)
 
 U, I = 12, 11
 
 
 def make_data(modalities=('image', 'text'), seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ei = torch.unique(torch.stack([torch.randint(U, (60, ), generator=g),
-                                   torch.randint(I - 1, (60, ), generator=g)]), dim=1)
-    dims = {'image': 16, 'text': 6, 'audio': 5}
-    feats = {m: torch.rand(I, dims[m], generator=g) if m == 'image'
-             else torch.randn(I, dims[m], generator=g) for m in modalities}
-    # the last item has no training edge
-    return build_heterodata(U, I, ei, ei[:, :3], ei[:, 3:6], feats)
+    return graph_with_untrained_item(modalities, seed)
 
 
 @pytest.fixture
@@ -29,8 +22,7 @@ def data():
 
 
 def batch():
-    return BPRBatch(torch.tensor([0, 1, 2, 1]), torch.tensor([0, 1, 2, 3]),
-                    torch.tensor([3, 4, 5, 6]))
+    return batch_of_four()
 
 
 def build(data, seed=0, **kwargs):
@@ -103,13 +95,7 @@ def mmrec_ssl(e1, e2, all_e, tau=0.2):
 # -- contract ----------------------------------------------------------------------------
 def test_forward_backward_reaches_every_parameter(data):
     model = build(data)
-    out = model()
-    assert out.user.shape == (U, 64) and out.item.shape == (I, 64)
-    loss = model.loss(out, batch())
-    assert loss.dim() == 0 and torch.isfinite(loss)
-    loss.backward()
-    for name, p in model.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert_every_parameter_trained(model, batch())
     assert len(list(model.parameters())) == 6  # ID tables, W_m and W_h per modality
     assert not any(p is model.feature('image') for p in model.parameters())  # frozen
 

@@ -3,24 +3,18 @@ import torch
 import torch.nn.functional as F
 
 from mrdib_pyg.data.derived import ItemKNN, UserItemGraph
-from mrdib_pyg.data.sampling import BPRBatch
 from mrdib_pyg.data.schema import build_heterodata
 from mrdib_pyg.nn.models.mgcn import MGCN, info_nce
 from mrdib_pyg.nn.models.registry import MODELS, model_defaults
 from mrdib_pyg.nn.mrdib import MRdIB
+from tests.nn.models.tiny import (assert_every_parameter_trained, batch_of_four,
+                                   dense_infonce, graph_with_untrained_item)
 
 U, I = 12, 11
 
 
 def make_data(modalities=('image', 'text'), seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ei = torch.unique(torch.stack([torch.randint(U, (60, ), generator=g),
-                                   torch.randint(I - 1, (60, ), generator=g)]), dim=1)
-    dims = {'image': 16, 'text': 6, 'audio': 5}
-    # non-negative image features (as CNN features); the last item has no training edge
-    feats = {m: torch.rand(I, dims[m], generator=g) if m == 'image'
-             else torch.randn(I, dims[m], generator=g) for m in modalities}
-    return build_heterodata(U, I, ei, ei[:, :3], ei[:, 3:6], feats)
+    return graph_with_untrained_item(modalities, seed)
 
 
 @pytest.fixture
@@ -29,8 +23,7 @@ def data():
 
 
 def batch():
-    return BPRBatch(torch.tensor([0, 1, 2, 1]), torch.tensor([0, 1, 2, 3]),
-                    torch.tensor([3, 4, 5, 6]))
+    return batch_of_four()
 
 
 def build(data, seed=0, **kwargs):
@@ -83,23 +76,10 @@ def mmrec_forward(model, data):
     return final[:U], final[U:], side, content
 
 
-def mmrec_infonce(a, b, t):
-    a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
-    pos = torch.exp((a * b).sum(-1) / t)
-    ttl = torch.exp(a @ b.t() / t).sum(1)
-    return -torch.log(pos / ttl).mean()
-
-
 # -- contract ----------------------------------------------------------------------------
 def test_forward_backward_reaches_every_parameter(data):
     model = build(data)
-    out = model()
-    assert out.user.shape == (U, 64) and out.item.shape == (I, 64)
-    loss = model.loss(out, batch())
-    assert loss.dim() == 0 and torch.isfinite(loss)
-    loss.backward()
-    for name, p in model.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert_every_parameter_trained(model, batch())
     assert {'feature_emb.image', 'feature_emb.text'} <= dict(model.named_parameters()).keys()
 
 
@@ -186,8 +166,8 @@ def test_loss_equals_mmrec_formula(data):
     mf = -F.logsigmoid((u * p).sum(-1) - (u * n).sum(-1)).mean()
     reg = 0.01 * 0.5 * (u.pow(2).sum() + p.pow(2).sum() + n.pow(2).sum()) / 4
     side, content = out.extras['side'], out.extras['content']
-    cl = (mmrec_infonce(side[U + b.pos], content[U + b.pos], 0.2)
-          + mmrec_infonce(side[b.users], content[b.users], 0.2))
+    cl = (dense_infonce(side[U + b.pos], content[U + b.pos], 0.2)
+          + dense_infonce(side[b.users], content[b.users], 0.2))
     assert torch.allclose(model.loss(out, b), mf + reg + 0.1 * cl, atol=1e-6)
     assert torch.allclose(model.regularizer(out, b), reg, atol=1e-7)
     assert torch.allclose(model.contrastive_loss(out, b), cl, atol=1e-6)
@@ -200,8 +180,8 @@ def test_info_nce_equals_log_ratio_form():
     torch.manual_seed(0)
     a, b = torch.randn(9, 5), torch.randn(9, 5)
     b[3] = b[1]  # duplicated rows stay in-batch negatives
-    assert torch.allclose(info_nce(a, b, 0.2), mmrec_infonce(a, b, 0.2), atol=1e-5)
-    assert torch.allclose(info_nce(a, b, 0.5), mmrec_infonce(a, b, 0.5), atol=1e-5)
+    assert torch.allclose(info_nce(a, b, 0.2), dense_infonce(a, b, 0.2), atol=1e-5)
+    assert torch.allclose(info_nce(a, b, 0.5), dense_infonce(a, b, 0.5), atol=1e-5)
 
 
 @pytest.mark.parametrize('temperature', [0.2, 0.05, 0.01])  # 0.01: the max-shifted branch
@@ -210,7 +190,7 @@ def test_info_nce_values_and_gradients_match_mmrec_in_float64(temperature):
     a = torch.randn(64, 8, dtype=torch.float64, requires_grad=True)
     b = torch.randn(64, 8, dtype=torch.float64, requires_grad=True)
     ours = info_nce(a, b, temperature)
-    ref = mmrec_infonce(a, b, temperature)
+    ref = dense_infonce(a, b, temperature)
     assert torch.allclose(ours, ref, rtol=1e-10)
     g_ours = torch.autograd.grad(ours, (a, b))
     g_ref = torch.autograd.grad(ref, (a, b))

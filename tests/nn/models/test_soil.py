@@ -4,25 +4,17 @@ import torch.nn.functional as F
 
 from mrdib_pyg.data.derived import UserItemGraph, build_graphs
 from mrdib_pyg.data.interest_graphs import AttractivenessGraph, InterestItemGraph
-from mrdib_pyg.data.sampling import BPRBatch
-from mrdib_pyg.data.schema import build_heterodata
 from mrdib_pyg.nn.models.registry import MODELS, model_defaults
 from mrdib_pyg.nn.models.soil import SOIL
 from mrdib_pyg.nn.mrdib import MRdIB
+from tests.nn.models.tiny import (assert_every_parameter_trained, batch_of_four,
+                                   dense_infonce, graph_with_untrained_item)
 
 U, I = 12, 11
 
 
 def make_data(modalities=('image', 'text'), seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ei = torch.unique(torch.stack([torch.randint(U, (60, ), generator=g),
-                                   torch.randint(I - 1, (60, ), generator=g)]), dim=1)
-    dims = {'image': 16, 'text': 6, 'audio': 5}
-    # non-negative image features (as CNN features), mostly aligned text features; the
-    # last item has no training edge
-    feats = {m: torch.rand(I, dims[m], generator=g) if m == 'image'
-             else torch.randn(I, dims[m], generator=g) + 1. for m in modalities}
-    return build_heterodata(U, I, ei, ei[:, :3], ei[:, 3:6], feats)
+    return graph_with_untrained_item(modalities, seed, text_shift=1.)
 
 
 @pytest.fixture
@@ -31,8 +23,7 @@ def data():
 
 
 def batch():
-    return BPRBatch(torch.tensor([0, 1, 2, 1]), torch.tensor([0, 1, 2, 3]),
-                    torch.tensor([3, 4, 5, 6]))
+    return batch_of_four()
 
 
 def build(data, seed=0, **kwargs):
@@ -74,23 +65,10 @@ def soil_forward(model, data, graphs):
     return final[:U], final[U:], side, content
 
 
-def soil_infonce(a, b, t):
-    a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
-    pos = torch.exp((a * b).sum(-1) / t)
-    ttl = torch.exp(a @ b.t() / t).sum(1)
-    return -torch.log(pos / ttl).mean()
-
-
 # -- contract ----------------------------------------------------------------------------
 def test_forward_backward_reaches_every_parameter(data):
     model = build(data)
-    out = model()
-    assert out.user.shape == (U, 64) and out.item.shape == (I, 64)
-    loss = model.loss(out, batch())
-    assert loss.dim() == 0 and torch.isfinite(loss)
-    loss.backward()
-    for name, p in model.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert_every_parameter_trained(model, batch())
 
 
 def test_score_is_the_eval_forward_dot_product(data):
@@ -184,9 +162,9 @@ def test_loss_equals_soil_formula(data):
     side, content = out.extras['side'], out.extras['content']
     s_u, s_i = side[:U], side[U:]
     c_u, c_i = content[:U], content[U:]
-    l_ii = soil_infonce(s_i[b.pos], c_i[b.pos], 0.2) + soil_infonce(s_u[b.users],
+    l_ii = dense_infonce(s_i[b.pos], c_i[b.pos], 0.2) + dense_infonce(s_u[b.users],
                                                                      c_u[b.users], 0.2)
-    l_ui = soil_infonce(u, c_i[b.pos], 0.2) + soil_infonce(u, s_i[b.pos], 0.2)
+    l_ui = dense_infonce(u, c_i[b.pos], 0.2) + dense_infonce(u, s_i[b.pos], 0.2)
     assert torch.allclose(model.loss(out, b), bpr + 0.1 * l_ii + 0.01 * l_ui, atol=1e-6)
     got_ii, got_ui = model.contrastive_losses(out, b)
     assert torch.allclose(got_ii, l_ii, atol=1e-6) and torch.allclose(got_ui, l_ui, atol=1e-6)
