@@ -57,9 +57,26 @@ def load(dataset: str, args):
     return load_baby()
 
 
+def check_cached(path: Path, result: dict, variant: str, alphas: dict) -> None:
+    r"""A cached run is reused only if it was made with the settings now asked for (a new
+    search that changes a selected setting must not be answered by the old runs)."""
+    mrdib = result['config'].get('mrdib')
+    if variant == 'bare':
+        stale = {'mrdib': mrdib} if mrdib is not None else {}
+    else:
+        stale = {k: (None if mrdib is None else mrdib.get(k), v) for k, v in alphas.items()
+                 if mrdib is None or mrdib.get(k) != v}
+    if stale:
+        raise SystemExit(f'{path.parent}: this cached run was made with other settings '
+                         f'(cached, asked: {stale}); delete the folder to rerun it, or give '
+                         f'another --runs-dir')
+
+
 def one_run(dataset, data, backbone, variant, seed, alphas, args) -> dict:
     path = Path(args.runs_dir) / dataset / backbone / f'{variant}_s{seed}' / 'results.json'
     result = json.loads(path.read_text()) if path.exists() else None
+    if result is not None:
+        check_cached(path, result, variant, alphas)
     can_continue = (path.parent / 'last.pt').exists()
     if result is not None and (not args.epochs or result['config']['epochs'] >= args.epochs
                                or not can_continue):  # (without a checkpoint: as it is)
