@@ -279,7 +279,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     d.add_argument('--root', default='data')
     d.add_argument('-o', '--out', required=True)
     args = p.parse_args(argv)
-    from mrdib_pyg.train.cli import OTHER_ERRORS, USER_ERRORS, error_message, plain_warnings
+    from mrdib_pyg.train.cli import OTHER_ERRORS, USER_ERRORS, plain_warnings, report_error
     try:
         with plain_warnings('mrdib-plot'):
             require_matplotlib()  # before a dataset is loaded for nothing
@@ -296,10 +296,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 data = load_data(TrainConfig(dataset=args.dataset, root=args.root))
                 out = plot_dataset(data, args.out)
     except USER_ERRORS + OTHER_ERRORS as err:
-        if os.environ.get('MRDIB_TRACEBACK', '') not in ('', '0'):
-            raise
-        print(f'mrdib-plot: error: {error_message(err)}', file=sys.stderr)
-        sys.exit(2)
+        sys.exit(report_error('mrdib-plot', err))
     print(f'written {out}')
 
 

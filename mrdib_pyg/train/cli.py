@@ -149,10 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _with_default(text: Optional[str], default: Any) -> str:
     r"""A flag's help with its default, unless the text already states it."""
-    shown = 'none' if default is None else str(default).lower() if isinstance(default, bool) \
-        else default
     if text and 'default' in text:
         return text
+    if default is None:
+        shown = 'none'  # what the flag accepts for it
+    elif isinstance(default, bool):
+        shown = str(default).lower()
+    else:
+        shown = default
     return f'{text} (default: {shown})' if text else f'(default: {shown})'
 
 
@@ -236,6 +240,16 @@ def error_message(err: BaseException) -> str:
             f"MRDIB_TRACEBACK=1 to see where, and report it if the input looks right)")
 
 
+def report_error(prog: str, err: BaseException) -> int:
+    r"""Prints :obj:`err` as one line, ``prog: error: message``, and returns the exit
+    status 2; every command reports its errors this way. With ``MRDIB_TRACEBACK=1`` the
+    error is raised again instead (its traceback shows where it came from)."""
+    if os.environ.get('MRDIB_TRACEBACK', '') not in ('', '0'):
+        raise err
+    print(f'{prog}: error: {error_message(err)}', file=sys.stderr)
+    return 2
+
+
 @contextmanager
 def plain_warnings(prog: str) -> Iterator[None]:
     r"""Show the library's warnings as one line, ``prog: warning: message``, without the
@@ -275,10 +289,7 @@ def _main(argv: Optional[List[str]] = None) -> int:
     except USER_ERRORS + OTHER_ERRORS as err:
         # Input and configuration errors carry their own explanation; a traceback of the
         # library's internals would only bury it (MRDIB_TRACEBACK=1 shows it anyway).
-        if os.environ.get('MRDIB_TRACEBACK', '') not in ('', '0'):
-            raise
-        print(f'mrdib-train: error: {error_message(err)}', file=sys.stderr)
-        return 2
+        return report_error('mrdib-train', err)
     if int(os.environ.get('RANK', '0') or 0) != 0:
         return 0  # under torchrun only rank 0 prints the result
     _print_result(cfg, args, result)

@@ -612,9 +612,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _main(argv: Optional[List[str]] = None) -> int:
     from mrdib_pyg.train import cli
-    errors = getattr(cli, 'USER_ERRORS', (ValueError, KeyError, RuntimeError, OSError,
-                                          ImportError)) + getattr(cli, 'OTHER_ERRORS', ())
-    describe = getattr(cli, 'error_message', lambda e: str(e.args[0] if e.args else e))
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if '-h' in argv or '--help' in argv:
@@ -651,11 +648,8 @@ def _main(argv: Optional[List[str]] = None) -> int:
             print()
     except SystemExit as err:  # argparse has printed its message
         return err.code if isinstance(err.code, int) else 2
-    except errors as err:  # one line, as mrdib-train (MRDIB_TRACEBACK=1: the traceback)
-        if os.environ.get('MRDIB_TRACEBACK', '') not in ('', '0'):
-            raise
-        print(f'mrdib-search: error: {describe(err)}', file=sys.stderr)
-        return 2
+    except cli.USER_ERRORS + cli.OTHER_ERRORS as err:  # one line, as mrdib-train
+        return cli.report_error('mrdib-search', err)
     return 0
 
 
