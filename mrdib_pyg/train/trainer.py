@@ -503,16 +503,16 @@ class Trainer:
                                        'bad_epochs': stopper.bad_epochs},
                     'history': history, 'train_seconds': train_times,
                     'eval_seconds': eval_times})
-            bar.set_postfix(loss=f"{losses.get('loss', float('nan')):.4f}",
-                            **{cfg.valid_metric: f'{valid[cfg.valid_metric]:.4f}'},
-                            best=stopper.best_epoch,
-                            patience=f'{stopper.bad_epochs}/{stopper.patience}')
+            shown = {'loss': f"{losses.get('loss', float('nan')):.4f}",
+                     cfg.valid_metric: f'{valid[cfg.valid_metric]:.4f}',
+                     'patience': f'{stopper.bad_epochs}/{stopper.patience}'}
+            bar.set_postfix(**shown, best=stopper.best_epoch)
             if progress == 'lines':
-                print(f"epoch {epoch}/{cfg.epochs}: loss {losses.get('loss', float('nan')):.4f}"
-                      f", valid {cfg.valid_metric} {valid[cfg.valid_metric]:.4f}, best epoch "
-                      f"{stopper.best_epoch} ({stopper.bad_epochs}/{stopper.patience} "
-                      f"without improvement), {train_times[-1]:.1f} s train + "
-                      f"{eval_times[-1]:.1f} s eval", file=sys.stderr, flush=True)
+                print(f"epoch {epoch}/{cfg.epochs}: loss {shown['loss']}, valid "
+                      f"{cfg.valid_metric} {shown[cfg.valid_metric]}, best epoch "
+                      f"{stopper.best_epoch} ({shown['patience']} without improvement), "
+                      f"{train_times[-1]:.1f} s train + {eval_times[-1]:.1f} s eval",
+                      file=sys.stderr, flush=True)
             if stopper.should_stop:
                 break
         return TrainResult(cfg.to_dict(), stopper.best_epoch, best_valid, test_at_best,

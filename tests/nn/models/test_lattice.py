@@ -6,9 +6,9 @@ from mrdib_pyg.data.derived import ItemKNN, UserItemGraph
 from mrdib_pyg.nn.models.lattice import LATTICE
 from mrdib_pyg.nn.models.registry import MODELS, model_defaults
 from mrdib_pyg.nn.mrdib import MRdIB
-from tests.nn.models.tiny import batch_of_four, graph_with_untrained_item
+from tests.nn.models.tiny import I11, U11, batch_of_four, graph_with_untrained_item
 
-U, I, K = 12, 11, 4
+U, I, K = U11, I11, 4
 GRAPH_PARAMS = {'feature_emb.image', 'feature_emb.text', 'trs.text.weight', 'trs.text.bias',
                 'trs.image.weight', 'trs.image.bias', 'item_graph.modal_weight'}
 

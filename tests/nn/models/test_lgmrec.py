@@ -6,10 +6,10 @@ from mrdib_pyg.data.derived import UserItemGraph
 from mrdib_pyg.nn.models.lgmrec import LGMRec, table_info_nce
 from mrdib_pyg.nn.models.registry import MODELS, model_defaults
 from mrdib_pyg.nn.mrdib import MRdIB
-from tests.nn.models.tiny import (assert_every_parameter_trained, batch_of_four,
+from tests.nn.models.tiny import (I11, U11, assert_every_parameter_trained, batch_of_four,
                                    graph_with_untrained_item)
 
-U, I = 12, 11
+U, I = U11, I11
 
 
 def make_data(modalities=('image', 'text'), seed=0):

@@ -26,14 +26,13 @@ def tiny_batch():
 U11, I11 = 12, 11
 
 
-def graph_with_untrained_item(modalities=('image', 'text'), seed=0, text_shift=0.0,
-                              dims=None):
+def graph_with_untrained_item(modalities=('image', 'text'), seed=0, text_shift=0.0):
     r"""12 users x 11 items; the last item has no training edge. Image features are
     non-negative (as CNN features), the others Gaussian plus :obj:`text_shift`."""
     g = torch.Generator().manual_seed(seed)
     ei = torch.unique(torch.stack([torch.randint(U11, (60, ), generator=g),
                                    torch.randint(I11 - 1, (60, ), generator=g)]), dim=1)
-    dims = dims or {'image': 16, 'text': 6, 'audio': 5}
+    dims = {'image': 16, 'text': 6, 'audio': 5}
     feats = {m: torch.rand(I11, dims[m], generator=g) if m == 'image'
              else torch.randn(I11, dims[m], generator=g) + text_shift for m in modalities}
     return build_heterodata(U11, I11, ei, ei[:, :3], ei[:, 3:6], feats)
