@@ -64,8 +64,8 @@ def param_pairs(model, mm):
              ('item_id_embedding', model.item_emb, mm.item_id_embedding.weight),
              ('predictor.weight', model.bootstrap.predictor.weight, mm.predictor.weight),
              ('predictor.bias', model.bootstrap.predictor.bias, mm.predictor.bias),
-             ('image_embedding', model.feat_image, mm.image_embedding.weight),
-             ('text_embedding', model.feat_text, mm.text_embedding.weight)]
+             ('image_embedding', model.feature_emb['image'], mm.image_embedding.weight),
+             ('text_embedding', model.feature_emb['text'], mm.text_embedding.weight)]
     for m, trs in (('image', mm.image_trs), ('text', mm.text_trs)):
         for p in ('weight', 'bias'):
             pairs.append((f'{m}_trs.{p}', getattr(model.trs[m], p), getattr(trs, p)))
@@ -257,8 +257,8 @@ def main() -> int:
                        maxdiff(out.item, mm.predictor(i_mm)), tol=TOL_TRAINED)
                 for m, emb in (('image', mm.image_embedding), ('text', mm.text_embedding)):
                     record(f'(d) {tag} trained {m} features after {STEPS} Adam steps',
-                           maxdiff(model.feature(m), emb.weight), tol=TOL_TRAINED,
-                           note=f'moved {maxdiff(model.feature(m), data[m].x):.2e} from '
+                           maxdiff(model.modality_features(m), emb.weight), tol=TOL_TRAINED,
+                           note=f'moved {maxdiff(model.modality_features(m), data[m].x):.2e} from '
                                 f'the raw features')
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

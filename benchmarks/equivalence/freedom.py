@@ -140,8 +140,8 @@ def main() -> int:
         with torch.no_grad():  # MMRec's initial parameters, same ids on both sides
             ours.user_emb.copy_(mm.user_embedding.weight)
             ours.item_emb.copy_(mm.item_id_embedding.weight)
-            ours.feat_image.copy_(mm.image_embedding.weight)
-            ours.feat_text.copy_(mm.text_embedding.weight)
+            ours.feature_emb['image'].copy_(mm.image_embedding.weight)
+            ours.feature_emb['text'].copy_(mm.text_embedding.weight)
             for m, lin in (('image', mm.image_trs), ('text', mm.text_trs)):
                 ours.trs[m].weight.copy_(lin.weight)
                 ours.trs[m].bias.copy_(lin.bias)
@@ -216,7 +216,7 @@ def main() -> int:
             pairs = [('user', mm.user_embedding.weight, ours.user_emb),
                      ('item ID', mm.item_id_embedding.weight, ours.item_emb)]
             if rw > 0:
-                pairs += [('image features', mm.image_embedding.weight, ours.feat_image),
+                pairs += [('image features', mm.image_embedding.weight, ours.feature_emb['image']),
                           ('text trs weight', mm.text_trs.weight, ours.trs['text'].weight)]
             for what, a, b in pairs:
                 record(f'(c) grad {what}, reg_weight={rw}', (a.grad - b.grad).abs().max())

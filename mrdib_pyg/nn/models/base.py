@@ -204,6 +204,8 @@ class MultimodalRecommender(Recommender):
                                  f"expected [{num_items}, d] (one row per item)")
             self.register_buffer(f'feat_{m}', x.float(), persistent=False)
         self.feature_dims = {m: features[m].size(1) for m in self.modalities}
+        # trained copies of the features (make_features_trainable); empty: features fixed
+        self.feature_emb = nn.ParameterDict()
         self.modality_hook: Optional[ModalityHook] = None
 
     @classmethod
@@ -222,14 +224,36 @@ class MultimodalRecommender(Recommender):
         return getattr(self, f'feat_{modality}')
 
     def make_features_trainable(self) -> None:
-        r"""Turn every feature buffer into a parameter initialised from it, as MMRec's
-        ``nn.Embedding.from_pretrained(feat, freeze=False)`` (FREEDOM, BM3): the raw
-        features are then fine-tuned. The buffer may share memory with the dataset's
-        tensor, so a copy is trained."""
-        for m in self.modalities:
-            x = self.feature(m).detach().clone()
-            delattr(self, f'feat_{m}')
-            setattr(self, f'feat_{m}', nn.Parameter(x))
+        r"""Give every modality a trained copy of its features (:attr:`feature_emb`), as
+        MMRec's ``nn.Embedding.from_pretrained(feat, freeze=False)`` (FREEDOM, BM3, LATTICE,
+        MGCN): :meth:`modality_features` then returns the copy, which the optimiser
+        fine-tunes, while :meth:`feature` keeps the raw features (the buffer may share
+        memory with the dataset's tensor; :meth:`reset_feature_tables` restores the copy
+        from it)."""
+        self.feature_emb = nn.ParameterDict(
+            {m: nn.Parameter(self.feature(m).detach().clone()) for m in self.modalities})
+
+    def modality_features(self, modality: str) -> Tensor:
+        r"""The :obj:`[I, d_m]` features a backbone computes with: the trained copy after
+        :meth:`make_features_trainable`, else the raw :meth:`feature`."""
+        if modality in self.feature_emb:
+            return self.feature_emb[modality]
+        return self.feature(modality)
+
+    @torch.no_grad()
+    def reset_feature_tables(self) -> None:
+        r"""Reset the trained feature copies (if any) to the raw features."""
+        for m, p in self.feature_emb.items():
+            p.copy_(self.feature(m))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before FREEDOM and BM3 moved their trained features into
+        # feature_emb kept them as parameters named feat_<modality>
+        for m in self.feature_emb:
+            old = f'{prefix}feat_{m}'
+            if old in state_dict and f'{prefix}feature_emb.{m}' not in state_dict:
+                state_dict[f'{prefix}feature_emb.{m}'] = state_dict.pop(old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def apply_modality_hook(self, reps: Dict[str, Tensor]) -> Dict[str, Tensor]:
         r""":obj:`reps` through :attr:`modality_hook` when one is set (replace mode)."""

@@ -57,8 +57,8 @@ class BM3(MultimodalRecommender):
     tables :math:`\mathbf{U} = [\mathbf{u}]`, :math:`\mathbf{I} = [\mathbf{i}]` (plain,
     not squared, Frobenius norms, divided by the row count of the last one, i.e. the item
     count, not the batch size). As in MMRec the raw features :math:`\mathbf{f}^m` are
-    *trained* (``nn.Embedding.from_pretrained(..., freeze=False)``): they are parameters
-    initialised from the features, unless :obj:`freeze_features=True`.
+    *trained* (``nn.Embedding.from_pretrained(..., freeze=False)``): trained copies
+    initialised from the features (:attr:`feature_emb`), unless :obj:`freeze_features=True`.
 
     **Per-modality outputs** (for plug-ins such as MRdIB): modality :math:`m`'s item table
     is its projection :math:`\mathbf{x}^m` (the online modality view, :math:`[I, d]`),
@@ -162,6 +162,7 @@ class BM3(MultimodalRecommender):
     def reset_parameters(self) -> None:
         nn.init.xavier_uniform_(self.user_emb)
         nn.init.xavier_uniform_(self.item_emb)
+        self.reset_feature_tables()
         self.bootstrap.reset_parameters()
         for lin in self.trs.values():
             lin.reset_parameters()
@@ -177,7 +178,7 @@ class BM3(MultimodalRecommender):
 
     def modality_projections(self) -> Dict[str, Tensor]:
         r""":math:`W_m \mathbf{f}^m + \mathbf{b}_m` for every modality, :obj:`[I, d]` each."""
-        return {m: self.trs[m](self.feature(m)) for m in self.modalities}
+        return {m: self.trs[m](self.modality_features(m)) for m in self.modalities}
 
     def forward(self) -> RecOutput:
         user, item = self.online()

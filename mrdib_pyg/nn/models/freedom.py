@@ -63,8 +63,8 @@ class FREEDOM(MultimodalRecommender):
 
     (:math:`\lambda` = :obj:`reg_weight`; no L2 term). As in MMRec the raw features
     :math:`\mathbf{f}^m` are *trained* (MMRec's ``nn.Embedding.from_pretrained(...,
-    freeze=False)``): they are parameters initialised from the features, unless
-    :obj:`freeze_features=True`.
+    freeze=False)``): trained copies initialised from the features
+    (:attr:`feature_emb`), unless :obj:`freeze_features=True`.
 
     MMRec's defaults (``FREEDOM.yaml``; grids take their first value): embedding 64,
     feat_embed_dim 64, knn_k 10, mm_image_weight 0.1, n_mm_layers 1, n_ui_layers 2,
@@ -203,6 +203,7 @@ class FREEDOM(MultimodalRecommender):
     def reset_parameters(self) -> None:
         nn.init.xavier_uniform_(self.user_emb)
         nn.init.xavier_uniform_(self.item_emb)
+        self.reset_feature_tables()
         for lin in self.trs.values():
             lin.reset_parameters()
 
@@ -227,8 +228,8 @@ class FREEDOM(MultimodalRecommender):
     def modality_projections(self, items: Optional[Tensor] = None) -> Dict[str, Tensor]:
         r""":math:`W_m \mathbf{f}^m + b_m` for every modality, :obj:`[I, d]` each (only the
         rows of :obj:`items` when given)."""
-        return {m: self.trs[m](self.feature(m) if items is None
-                               else self.feature(m).index_select(0, items))
+        return {m: self.trs[m](self.modality_features(m) if items is None
+                               else self.modality_features(m).index_select(0, items))
                 for m in self.modalities}
 
     def forward_batch(self, batch: BPRBatch) -> Tuple[RecOutput, BPRBatch]:

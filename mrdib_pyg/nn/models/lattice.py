@@ -191,11 +191,8 @@ class LATTICE(MultimodalRecommender):
 
         self.user_emb = nn.Parameter(torch.empty(num_users, embedding_dim))
         self.item_emb = nn.Parameter(torch.empty(num_items, embedding_dim))
-        # MMRec trains the features (nn.Embedding.from_pretrained(feat, freeze=False)); the
-        # raw ones stay in the base class's buffers.
-        self.feature_emb = nn.ParameterDict(
-            {} if self.freeze_features else
-            {m: nn.Parameter(self.feature(m).clone()) for m in self.modalities})
+        if not self.freeze_features:  # MMRec trains them (from_pretrained, freeze=False)
+            self.make_features_trainable()
         self.trs = nn.ModuleDict({m: nn.Linear(self.feature_dims[m], feat_embed_dim)
                                   for m in self.modalities})
         self.item_graph = LearnedItemGraph({m: item_graphs[m] for m in self.modalities},
@@ -227,21 +224,12 @@ class LATTICE(MultimodalRecommender):
     def reset_parameters(self) -> None:
         nn.init.xavier_uniform_(self.user_emb)
         nn.init.xavier_uniform_(self.item_emb)
-        with torch.no_grad():
-            for m, p in self.feature_emb.items():
-                p.copy_(self.feature(m))
+        self.reset_feature_tables()
         for lin in self.trs.values():
             lin.reset_parameters()
         self.item_graph.reset_parameters()
         self.frozen_item_graph = None
         self.build_item_graph = True
-
-    def modality_features(self, modality: str) -> Tensor:
-        r"""The :obj:`[I, F_m]` features the projection reads: the trained table, or the
-        raw buffer with :obj:`freeze_features=True`."""
-        if modality in self.feature_emb:
-            return self.feature_emb[modality]
-        return self.feature(modality)
 
     def modality_projections(self) -> Dict[str, Tensor]:
         r""":math:`W_m \mathbf{f}^m + b_m` for every modality, :obj:`[I, d_f]` each."""

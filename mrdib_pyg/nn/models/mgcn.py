@@ -188,11 +188,8 @@ class MGCN(MultimodalRecommender):
 
         self.user_emb = nn.Parameter(torch.empty(num_users, embedding_dim))
         self.item_emb = nn.Parameter(torch.empty(num_items, embedding_dim))
-        # MMRec trains the features (nn.Embedding.from_pretrained(feat, freeze=False)); the
-        # raw ones stay in the base class's buffers.
-        self.feature_emb = nn.ParameterDict(
-            {} if freeze_features else
-            {m: nn.Parameter(self.feature(m).clone()) for m in self.modalities})
+        if not self.freeze_features:  # MMRec trains them (from_pretrained, freeze=False)
+            self.make_features_trainable()
         self.purifiers = nn.ModuleDict({m: ModalityPurifier(self.feature_dims[m], embedding_dim)
                                         for m in self.modalities})
         self.fuser = AttentionFuser(embedding_dim, len(self.modalities))
@@ -226,19 +223,10 @@ class MGCN(MultimodalRecommender):
     def reset_parameters(self) -> None:
         nn.init.xavier_uniform_(self.user_emb)
         nn.init.xavier_uniform_(self.item_emb)
-        with torch.no_grad():
-            for m, p in self.feature_emb.items():
-                p.copy_(self.feature(m))
+        self.reset_feature_tables()
         for purifier in self.purifiers.values():
             purifier.reset_parameters()
         self.fuser.reset_parameters()
-
-    def modality_features(self, modality: str) -> Tensor:
-        r"""The :obj:`[I, F_m]` features the purifier reads: the trained table, or the raw
-        buffer with :obj:`freeze_features=True`."""
-        if modality in self.feature_emb:
-            return self.feature_emb[modality]
-        return self.feature(modality)
 
     def forward(self) -> RecOutput:
         x = torch.cat([self.user_emb, self.item_emb], dim=0)

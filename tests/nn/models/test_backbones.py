@@ -110,3 +110,30 @@ def test_vbpr_loss_gathers_once_with_the_base_class_value_and_gradients(data):
         grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
     assert torch.allclose(grads[0][0], grads[1][0])
     assert all(torch.allclose(x, y, atol=1e-7) for x, y in zip(grads[0][1], grads[1][1]))
+
+
+@pytest.mark.parametrize('name', ['freedom', 'bm3', 'lattice', 'mgcn'])
+def test_trained_feature_copies_and_their_reset(data, name):
+    # the four backbones that fine-tune their features, as MMRec, share one mechanism
+    model = MODELS[name].from_data(data, reg_weight=1e-3)
+    raw = data['image'].x
+    assert set(model.feature_emb) == {'image', 'text'}
+    assert model.modality_features('image') is model.feature_emb['image']
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    model.loss(model(), batch()).backward()
+    opt.step()
+    assert not torch.equal(model.modality_features('image'), raw)  # trained
+    assert torch.equal(model.feature('image'), raw)  # the raw features stay
+    state = model.state_dict()
+    model.reset_parameters()
+    assert torch.equal(model.modality_features('image'), raw)
+
+    # a checkpoint from before the shared mechanism named the trained table feat_<m>
+    old = {(k.replace('feature_emb.', 'feat_') if k.startswith('feature_emb.') else k): v
+           for k, v in state.items()}
+    model.load_state_dict(old)
+    assert torch.equal(model.feature_emb['image'], state['feature_emb.image'])
+
+    frozen = MODELS[name].from_data(data, freeze_features=True)
+    assert len(frozen.feature_emb) == 0 and frozen.modality_features('image') is \
+        frozen.feature('image')

@@ -42,7 +42,7 @@ def mmrec_loss(model, b, seed):
     adj = model.graph.to_dense()
     e = lightgcn_mean(adj, torch.cat([model.user_emb, model.item_emb]), model.n_layers)
     u, i = e[:U], e[U:] + model.item_emb
-    feats = {m: model.trs[m](model.feature(m)) for m in ('text', 'image')}
+    feats = {m: model.trs[m](model.modality_features(m)) for m in ('text', 'image')}
     p = model.dropout
     with torch.no_grad():
         ut, it = F.dropout(u.clone(), p), F.dropout(i.clone(), p)
@@ -85,7 +85,7 @@ def test_forward_backward_score(data):
     assert loss.dim() == 0 and torch.isfinite(loss)
     loss.backward()
     for p in (model.user_emb, model.item_emb, model.bootstrap.predictor.weight,
-              model.trs['image'].weight, model.feat_text):
+              model.trs['image'].weight, model.feature_emb['text']):
         assert p.grad is not None and p.grad.abs().sum() > 0
     model.eval()
     users = torch.tensor([0, 5, U - 1])
@@ -191,19 +191,19 @@ def test_features_are_trained_like_mmrec_unless_frozen(data):
     b = batch()
     model = make(data)
     names = dict(model.named_parameters())
-    assert 'feat_image' in names and 'feat_text' in names
-    assert torch.equal(model.feature('image'), data['image'].x)
-    assert model.feature('image').data_ptr() != data['image'].x.data_ptr()  # a copy
+    assert 'feature_emb.image' in names and 'feature_emb.text' in names
+    assert torch.equal(model.modality_features('image'), data['image'].x)
+    assert model.modality_features('image').data_ptr() != data['image'].x.data_ptr()  # a copy
     model.loss(model(), b).backward()
-    grad = model.feat_image.grad
+    grad = model.feature_emb['image'].grad
     assert grad[b.pos].abs().sum() > 0
     others = torch.ones(I, dtype=torch.bool)
     others[b.pos] = False
     assert grad[others].abs().sum() == 0  # only the batch's items have online rows
 
     frozen = make(data, freeze_features=True)
-    assert 'feat_image' not in dict(frozen.named_parameters())
-    assert 'feat_image' not in frozen.state_dict()
+    assert len(frozen.feature_emb) == 0
+    assert not any('feat' in k for k in frozen.state_dict())
     frozen.loss(frozen(), b).backward()
     assert frozen.trs['image'].weight.grad.abs().sum() > 0
 
@@ -218,7 +218,7 @@ def test_mrdib_attaches_without_touching_the_backbone(data):
     res.loss.backward()
     # MRdIB's gradient reaches the backbone through the modality and user tables.
     assert model.trs['image'].weight.grad.abs().sum() > 0
-    assert model.feat_text.grad.abs().sum() > 0
+    assert model.feature_emb['text'].grad.abs().sum() > 0
     assert model.user_emb.grad.abs().sum() > 0
     after = model.state_dict()
     assert sorted(after) == sorted(before)

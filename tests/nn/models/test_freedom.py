@@ -219,16 +219,16 @@ def test_features_are_trained_like_mmrec_unless_frozen(data):
     b = batch()
     model = make(data, reg_weight=1e-3)
     names = dict(model.named_parameters())
-    assert 'feat_image' in names and 'feat_text' in names
-    assert torch.equal(model.feature('image'), data['image'].x)
-    assert model.feature('image').data_ptr() != data['image'].x.data_ptr()  # a copy
+    assert 'feature_emb.image' in names and 'feature_emb.text' in names
+    assert torch.equal(model.modality_features('image'), data['image'].x)
+    assert model.modality_features('image').data_ptr() != data['image'].x.data_ptr()  # a copy
     model.loss(model(), b).backward()
-    assert model.feat_image.grad.abs().sum() > 0 and model.trs['text'].weight.grad is not None
-    assert 'feat_image' in model.state_dict()
+    assert model.feature_emb['image'].grad.abs().sum() > 0 and model.trs['text'].weight.grad is not None
+    assert 'feature_emb.image' in model.state_dict()
 
     frozen = make(data, reg_weight=1e-3, freeze_features=True)
-    assert 'feat_image' not in dict(frozen.named_parameters())
-    assert 'feat_image' not in frozen.state_dict()
+    assert len(frozen.feature_emb) == 0
+    assert not any('feat' in k for k in frozen.state_dict())
     frozen.loss(frozen(), b).backward()
     assert frozen.trs['image'].weight.grad.abs().sum() > 0
 
@@ -238,7 +238,7 @@ def test_zero_reg_weight_skips_the_modality_terms(data):
     # they are. We skip the terms: same training, no backward through the features.
     model = make(data)
     model.loss(model(), batch()).backward()
-    assert model.feat_image.grad is None and model.trs['image'].weight.grad is None
+    assert model.feature_emb['image'].grad is None and model.trs['image'].weight.grad is None
 
 
 def test_mrdib_attaches_without_touching_the_backbone(data):
@@ -251,7 +251,7 @@ def test_mrdib_attaches_without_touching_the_backbone(data):
     (model.loss(out, batch()) + res.loss).backward()
     # MRdIB's gradient reaches the backbone through the modality tables.
     assert model.trs['image'].weight.grad.abs().sum() > 0
-    assert model.feat_text.grad.abs().sum() > 0
+    assert model.feature_emb['text'].grad.abs().sum() > 0
     after = model.state_dict()
     assert sorted(after) == sorted(before)
     assert all(torch.equal(before[k], after[k]) for k in before)
