@@ -219,6 +219,15 @@ class MultimodalRecommender(Recommender):
         graphs = cls._graphs(data, cache_dir, fill_missing, kwargs)
         return cls(data[USER].num_nodes, data[ITEM].num_nodes, feats, **graphs, **kwargs)
 
+    def item_graph_shapes(self, item_graphs: Mapping[str, Any]) -> Dict[str, Any]:
+        r"""Check that :obj:`item_graphs` holds one graph per modality and return their
+        expected :obj:`[I, I]` shapes, keyed as :meth:`check_graph_shapes` names them."""
+        if sorted(item_graphs) != sorted(self.modalities):
+            raise ValueError(f"'{self.__class__.__name__}' needs one item graph per modality "
+                             f"{sorted(self.modalities)} (got {sorted(item_graphs)})")
+        return {f'item_graphs[{m!r}]': (g, (self.num_items, self.num_items))
+                for m, g in item_graphs.items()}
+
     def feature(self, modality: str) -> Tensor:
         r"""The :obj:`[I, d_m]` raw features of :obj:`modality`."""
         return getattr(self, f'feat_{modality}')

@@ -161,13 +161,9 @@ class LATTICE(MultimodalRecommender):
                  order: Optional[Sequence[str]] = None, backend: str = 'csr'):
         super().__init__(num_users, num_items, features, order)
         name = self.__class__.__name__
-        if sorted(item_graphs) != sorted(self.modalities):
-            raise ValueError(f"'{name}' needs one item graph per modality "
-                             f"{sorted(self.modalities)} (got {sorted(item_graphs)})")
         n = num_users + num_items
         shapes = {'adj': (adj, (n, n))}
-        shapes.update({f'item_graphs[{m!r}]': (g, (num_items, num_items))
-                       for m, g in item_graphs.items()})
+        shapes.update(self.item_graph_shapes(item_graphs))
         self.check_graph_shapes(shapes)
         if cf_model not in CF_MODELS:
             raise ValueError(f"'{name}' got cf_model '{cf_model}' (expected one of "

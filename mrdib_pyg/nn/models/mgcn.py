@@ -161,13 +161,9 @@ class MGCN(MultimodalRecommender):
                  modality_output: str = 'propagated', backend: str = 'csr'):
         super().__init__(num_users, num_items, features, order)
         name = self.__class__.__name__
-        if sorted(item_graphs) != sorted(self.modalities):
-            raise ValueError(f"'{name}' needs one item graph per modality "
-                             f"{sorted(self.modalities)} (got {sorted(item_graphs)})")
         n = num_users + num_items
         shapes = {'adj': (adj, (n, n)), 'user_item': (user_item, (num_users, num_items))}
-        shapes.update({f'item_graphs[{m!r}]': (g, (num_items, num_items))
-                       for m, g in item_graphs.items()})
+        shapes.update(self.item_graph_shapes(item_graphs))
         self.check_graph_shapes(shapes)
         if reg_batch_size is not None and reg_batch_size < 1:
             raise ValueError(f"'{name}' needs reg_batch_size >= 1 or None "

@@ -170,15 +170,11 @@ class SOIL(MultimodalRecommender):
                  order: Optional[Sequence[str]] = None, backend: str = 'csr'):
         super().__init__(num_users, num_items, features, order)
         name = self.__class__.__name__
-        if sorted(item_graphs) != sorted(self.modalities):
-            raise ValueError(f"'{name}' needs one item graph per modality "
-                             f"{sorted(self.modalities)} (got {sorted(item_graphs)})")
         n = num_users + num_items
         shapes = {'adj': (adj, (n, n)), 'user_item': (user_item, (num_users, num_items)),
                   'attractive': (attractive, (n, n)),
                   'attractive_user_item': (attractive_user_item, (num_users, num_items))}
-        shapes.update({f'item_graphs[{m!r}]': (g, (num_items, num_items))
-                       for m, g in item_graphs.items()})
+        shapes.update(self.item_graph_shapes(item_graphs))
         self.check_graph_shapes(shapes)
         if cl_temperature <= 0:
             raise ValueError(f"'{name}' needs cl_temperature > 0 (got {cl_temperature})")
