@@ -5,6 +5,8 @@ from mrdib_pyg.data.schema import build_heterodata
 from mrdib_pyg.nn.models import BPRMF, MODELS, VBPR, LightGCN
 from mrdib_pyg.nn.output import BPRBatch
 
+from tests.nn.models.tiny import tiny_batch, tiny_graph
+
 
 @pytest.fixture
 def data():
@@ -137,3 +139,22 @@ def test_trained_feature_copies_and_their_reset(data, name):
     frozen = MODELS[name].from_data(data, freeze_features=True)
     assert len(frozen.feature_emb) == 0 and frozen.modality_features('image') is \
         frozen.feature('image')
+
+
+@pytest.mark.parametrize('name', ['dualgnn', 'grcn', 'mmgcn'])
+def test_score_with_last_training_forward(name):
+    # the backbones whose MMRec code ranks with the tables of the last training forward
+    torch.manual_seed(0)
+    model = MODELS[name].from_data(tiny_graph(), score_last_train_forward=True)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    out = model()
+    model.loss(out, tiny_batch()).backward()
+    opt.step()
+    model.eval()
+    users = torch.arange(model.num_users)
+    # MMRec ranks with the tables of the last training forward, before its step
+    assert torch.allclose(model.score(users), out.user[users].detach() @ out.item.detach().t())
+    fresh = model.forward()
+    assert not torch.allclose(model.score(users), fresh.user @ fresh.item.t())
+    model.score_last_train_forward = False
+    assert torch.allclose(model.score(users), fresh.user @ fresh.item.t(), atol=1e-5)

@@ -175,21 +175,6 @@ def test_forward_before_pre_epoch_draws_epoch_zero(data):
     assert torch.equal(out.user, fresh().user)
 
 
-def test_score_with_last_training_forward(data):
-    model = make(data, score_last_train_forward=True)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    out = model()
-    model.loss(out, batch()).backward()
-    opt.step()
-    model.eval()
-    users = torch.arange(U)
-    assert torch.allclose(model.score(users), out.user[users].detach() @ out.item.detach().t())
-    fresh = model.forward()
-    assert not torch.allclose(model.score(users), fresh.user @ fresh.item.t())
-    model.score_last_train_forward = False
-    assert torch.allclose(model.score(users), fresh.user @ fresh.item.t(), atol=1e-5)
-
-
 def test_defaults_specs_and_registry(data):
     assert MODELS['dualgnn'] is DualGNN
     assert DualGNN.train_defaults == {'lr': 0.1}

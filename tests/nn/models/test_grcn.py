@@ -149,22 +149,6 @@ def test_routing_default_is_the_papers_and_mmrec_identity_selectable(data):
     assert not torch.allclose(paper().user, mmrec().user)
 
 
-def test_score_with_last_training_forward(data):
-    model = make(data, score_last_train_forward=True)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    out = model()
-    model.loss(out, batch()).backward()
-    opt.step()
-    model.eval()
-    users = torch.arange(U)
-    # MMRec ranks with the tables of the last training forward, before its step
-    assert torch.allclose(model.score(users), out.user[users].detach() @ out.item.detach().t())
-    fresh = model.forward()
-    assert not torch.allclose(model.score(users), fresh.user @ fresh.item.t())
-    model.score_last_train_forward = False
-    assert torch.allclose(model.score(users), fresh.user @ fresh.item.t(), atol=1e-5)
-
-
 def test_defaults_and_registry(data):
     assert MODELS['grcn'] is GRCN
     assert GRCN.train_defaults == {'lr': 1.0}  # the first value of MMRec's lr grid

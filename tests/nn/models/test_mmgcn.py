@@ -157,22 +157,6 @@ def test_mmrec_frozen_embeddings(data):
     assert 'id_embedding' in dict(trainable.named_parameters())
 
 
-def test_score_with_last_training_forward(data):
-    model = make(data, score_last_train_forward=True)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    out = model()
-    model.loss(out, batch()).backward()
-    opt.step()
-    model.eval()
-    users = torch.arange(U)
-    # MMRec ranks with the tables of the last training forward, before its step
-    assert torch.allclose(model.score(users), out.user[users].detach() @ out.item.detach().t())
-    fresh = model.forward()
-    assert not torch.allclose(model.score(users), fresh.user @ fresh.item.t())
-    model.score_last_train_forward = False
-    assert torch.allclose(model.score(users), fresh.user @ fresh.item.t(), atol=1e-6)
-
-
 def test_defaults_projections_and_registry(data):
     assert MODELS['mmgcn'] is MMGCN
     assert MMGCN.train_defaults == {'lr': 1e-4}
