@@ -7,7 +7,7 @@ the MRdIB plug-in reads the per-modality parts. Nothing else connects a backbone
 so neither imports the other.
 """
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Callable, Dict, Iterator, Mapping, Optional, Sequence
 
 from torch import Tensor
 
@@ -29,6 +29,46 @@ class ModalityOutput:
     user: Optional[Tensor] = None
 
 
+class LazyModalities(Mapping[str, ModalityOutput]):
+    r"""A read-only :obj:`{modality: ModalityOutput}` mapping whose values are computed on
+    first read, for :attr:`RecOutput.modalities` tables that only a plug-in or a loss term
+    may need (FREEDOM at :obj:`reg_weight=0` without MRdIB projects no 4,096-d features).
+    The names are known up front, so iterating, :obj:`len` and :obj:`in` compute nothing.
+
+    Args:
+        names (sequence of str): the modalities, in order.
+        compute (callable): :obj:`compute(name)` returns that modality's
+            :class:`ModalityOutput`; called at most once per name.
+    """
+    def __init__(self, names: Sequence[str], compute: Callable[[str], ModalityOutput]):
+        self._names = list(names)
+        self._compute = compute
+        self._values: Dict[str, ModalityOutput] = {}
+
+    def __getitem__(self, name: str) -> ModalityOutput:
+        if name not in self._values:
+            if name not in self._names:
+                raise KeyError(name)
+            self._values[name] = self._compute(name)
+        return self._values[name]
+
+    def __contains__(self, name) -> bool:  # Mapping's would compute the table
+        return name in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def computed(self) -> list:
+        r"""The names whose tables have been computed so far."""
+        return [m for m in self._names if m in self._values]
+
+    def __repr__(self) -> str:
+        return f'{self.__class__.__name__}({self._names}, computed={self.computed()})'
+
+
 @dataclass
 class RecOutput:
     r"""What a backbone's forward pass returns.
@@ -37,8 +77,9 @@ class RecOutput:
         user (Tensor): :obj:`[num_users, d]` final user table, the one the score uses.
         item (Tensor): :obj:`[num_items, d]` final item table; the score is
             :obj:`user @ item.T`.
-        modalities (dict): modality name :math:`\rightarrow` :class:`ModalityOutput`. Empty for
-            ID-only backbones (BPR-MF, LightGCN), which MRdIB refuses.
+        modalities (dict): modality name :math:`\rightarrow` :class:`ModalityOutput` (any
+            mapping, e.g. a :class:`LazyModalities`). Empty for ID-only backbones (BPR-MF,
+            LightGCN), which MRdIB refuses.
         modality_user (Tensor, optional): :obj:`[num_users, d_u]` the user representation that
             pairs with the modality items when a modality has no user table of its own
             (VBPR: the content half of the user vector).
@@ -47,7 +88,7 @@ class RecOutput:
     """
     user: Tensor
     item: Tensor
-    modalities: Dict[str, ModalityOutput] = field(default_factory=dict)
+    modalities: Mapping[str, ModalityOutput] = field(default_factory=dict)
     modality_user: Optional[Tensor] = None
     extras: Dict[str, Tensor] = field(default_factory=dict)
 

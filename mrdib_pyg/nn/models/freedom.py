@@ -12,7 +12,7 @@ from mrdib_pyg.nn.conv.lg_propagation import LGPropagation
 from mrdib_pyg.nn.conv.sparse_op import SparseOperator
 from mrdib_pyg.nn.models.base import MultimodalRecommender
 from mrdib_pyg.nn.models.registry import register_model
-from mrdib_pyg.nn.output import ModalityOutput, RecOutput
+from mrdib_pyg.nn.output import LazyModalities, ModalityOutput, RecOutput
 
 
 def logsigmoid_bpr(user: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
@@ -232,22 +232,28 @@ class FREEDOM(MultimodalRecommender):
                                else self.modality_features(m).index_select(0, items))
                 for m in self.modalities}
 
+    def _lazy_projections(self, items: Optional[Tensor] = None) -> LazyModalities:
+        r"""The modality projections (of :obj:`items` only, when given), each computed when
+        first read: at :obj:`reg_weight=0` only a plug-in reads them, so bare FREEDOM
+        projects no feature (MMRec projects every item's 4,096-d features each batch, and
+        at :obj:`reg_weight=0` uses none of them)."""
+        def project(m: str) -> ModalityOutput:
+            x = self.modality_features(m)
+            return ModalityOutput(item=self.trs[m](x if items is None
+                                                   else x.index_select(0, items)))
+        return LazyModalities(self.modalities, project)
+
     def forward_batch(self, batch: BPRBatch) -> Tuple[RecOutput, BPRBatch]:
         r"""The propagated tables as :meth:`forward`, but the modality projections of the
-        batch's unique items only (their rows are all the loss and a plug-in read; MMRec
-        projects every item's 4096-d features each batch, also at :obj:`reg_weight=0`,
-        where nothing uses them). The item tables come back restricted to those items and
-        the batch re-indexed into them; the loss and every gradient are unchanged."""
+        batch's unique items only (their rows are all the loss and a plug-in read). The
+        item tables come back restricted to those items and the batch re-indexed into
+        them; the loss and every gradient are unchanged."""
         items, batch = batch.reindex_items()
-        out = self.forward(project=False)
-        reps = self.modality_projections(items)
-        return (RecOutput(user=out.user, item=out.item.index_select(0, items),
-                          modalities={m: ModalityOutput(item=reps[m]) for m in self.modalities}),
-                batch)
+        user, item = self._propagate()
+        return (RecOutput(user=user, item=item.index_select(0, items),
+                          modalities=self._lazy_projections(items)), batch)
 
-    def forward(self, project: bool = True) -> RecOutput:
-        r"""The full tables; :obj:`project=False` leaves out the modality projections (an
-        empty :attr:`RecOutput.modalities`)."""
+    def _propagate(self) -> Tuple[Tensor, Tensor]:
         if not self.training or self.pruning is None:
             graph = self.graph
         else:
@@ -257,9 +263,13 @@ class FREEDOM(MultimodalRecommender):
         h = self.mm_propagation(self.item_emb, self.item_graph)
         x = torch.cat([self.user_emb, self.item_emb], dim=0)
         user, item = self.ui_propagation(x, graph).split([self.num_users, self.num_items])
-        reps = self.modality_projections() if project else {}
-        return RecOutput(user=user, item=item + h,
-                         modalities={m: ModalityOutput(item=x) for m, x in reps.items()})
+        return user, item + h
+
+    def forward(self) -> RecOutput:
+        r"""The full tables; the modality projections are computed when first read
+        (:class:`~mrdib_pyg.nn.output.LazyModalities`)."""
+        user, item = self._propagate()
+        return RecOutput(user=user, item=item, modalities=self._lazy_projections())
 
     def loss(self, out: RecOutput, batch: BPRBatch) -> Tensor:
         r""":math:`\mathrm{BPR}(\mathbf{u}, \mathbf{i}) + \lambda\sum_m

@@ -281,3 +281,24 @@ def test_rejects_bad_options(data, kwargs, match):
 def test_rejects_graphs_of_the_wrong_size(data):
     with pytest.raises(ValueError, match='mm_adj has shape'):
         FREEDOM.from_data(data, mm_adj=torch.eye(I + 1).to_sparse_csr())
+
+
+def test_modality_projections_are_computed_only_when_read(data):
+    # at reg_weight=0 bare FREEDOM's loss reads no modality table: no feature is projected
+    model = make(data)
+    out, b = model.forward_batch(batch())
+    model.loss(out, b).backward()
+    assert out.modalities.computed() == []
+    model.eval()
+    model.score(torch.tensor([0, 1]))
+    assert model.embeddings().modalities.computed() == []
+    model.train()
+    weighted = make(data, reg_weight=1e-3)
+    out, b = weighted.forward_batch(batch())
+    weighted.loss(out, b).backward()
+    assert out.modalities.computed() == ['text', 'image']
+    assert weighted.trs['image'].weight.grad.abs().sum() > 0
+    # a plug-in reading them gets the projections of the batch's items, with gradient
+    out, b = model.forward_batch(batch())
+    assert out.modalities['image'].item.requires_grad
+    assert out.modalities['image'].item.size(0) == out.item.size(0)
