@@ -1,5 +1,5 @@
 r"""FREEDOM: a frozen item–item graph and a degree-sensitively pruned user–item graph."""
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -225,23 +225,19 @@ class FREEDOM(MultimodalRecommender):
             adj = self.pruning(self.pruning_generator(epoch))
             self.train_graph = SparseOperator(adj, symmetric=True, backend=self.backend)
 
-    def modality_projections(self, items: Optional[Tensor] = None) -> Dict[str, Tensor]:
-        r""":math:`W_m \mathbf{f}^m + b_m` for every modality, :obj:`[I, d]` each (only the
-        rows of :obj:`items` when given)."""
-        return {m: self.trs[m](self.modality_features(m) if items is None
-                               else self.modality_features(m).index_select(0, items))
-                for m in self.modalities}
+    def modality_projection(self, modality: str, items: Optional[Tensor] = None) -> Tensor:
+        r""":math:`W_m \mathbf{f}^m + b_m` of :obj:`modality`, :obj:`[I, d]` (only the rows
+        of :obj:`items` when given)."""
+        x = self.modality_features(modality)
+        return self.trs[modality](x if items is None else x.index_select(0, items))
 
     def _lazy_projections(self, items: Optional[Tensor] = None) -> LazyModalities:
         r"""The modality projections (of :obj:`items` only, when given), each computed when
         first read: at :obj:`reg_weight=0` only a plug-in reads them, so bare FREEDOM
         projects no feature (MMRec projects every item's 4,096-d features each batch, and
         at :obj:`reg_weight=0` uses none of them)."""
-        def project(m: str) -> ModalityOutput:
-            x = self.modality_features(m)
-            return ModalityOutput(item=self.trs[m](x if items is None
-                                                   else x.index_select(0, items)))
-        return LazyModalities(self.modalities, project)
+        return LazyModalities(
+            self.modalities, lambda m: ModalityOutput(item=self.modality_projection(m, items)))
 
     def forward_batch(self, batch: BPRBatch) -> Tuple[RecOutput, BPRBatch]:
         r"""The propagated tables as :meth:`forward`, but the modality projections of the

@@ -251,3 +251,14 @@ def test_rejects_bad_options(data, kwargs, match):
 def test_rejects_graphs_of_the_wrong_size(data):
     with pytest.raises(ValueError, match='adj has shape'):
         BM3.from_data(data, adj=torch.eye(U + I + 1).to_sparse_csr())
+
+
+def test_ranking_projects_no_feature_training_does(data):
+    model = make(data)
+    model.eval()
+    model.score(torch.tensor([0, 1]))
+    assert model.embeddings().modalities.computed() == []  # ranking uses the ID tables only
+    model.train()
+    out = model()
+    model.loss(out, batch()).backward()  # the alignment terms read both projections
+    assert out.modalities.computed() == ['text', 'image']
