@@ -7,7 +7,7 @@ the MRdIB plug-in reads the per-modality parts. Nothing else connects a backbone
 so neither imports the other.
 """
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, Mapping, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 from torch import Tensor
 
@@ -34,6 +34,8 @@ class LazyModalities(Mapping[str, ModalityOutput]):
     first read, for :attr:`RecOutput.modalities` tables that only a plug-in or a loss term
     may need (FREEDOM at :obj:`reg_weight=0` without MRdIB projects no 4,096-d features).
     The names are known up front, so iterating, :obj:`len` and :obj:`in` compute nothing.
+    A table is computed in the autograd mode of its first read (read first under
+    :func:`torch.no_grad`, it carries no graph) and then kept.
 
     Args:
         names (sequence of str): the modalities, in order.
@@ -61,7 +63,7 @@ class LazyModalities(Mapping[str, ModalityOutput]):
     def __len__(self) -> int:
         return len(self._names)
 
-    def computed(self) -> list:
+    def computed(self) -> List[str]:
         r"""The names whose tables have been computed so far."""
         return [m for m in self._names if m in self._values]
 
