@@ -175,7 +175,7 @@ def main() -> int:
             ours = torch.sparse_coo_tensor(ei, w, (I, I)).coalesce()
             adj_pairs.append((f'frozen {m} graph (10-NN of raw, weighted, sym)', ours, theirs))
         with torch.no_grad():
-            proj = model.modality_projections()
+            proj = {m: model.modality_projection(m) for m in model.modalities}
             for m, trs, feat in (('image', mm.image_trs, mm.image_embedding.weight),
                                  ('text', mm.text_trs, mm.text_embedding.weight)):
                 theirs = build_knn_neighbourhood(build_sim(trs(feat)), topk=mm.knn_k)
@@ -185,7 +185,7 @@ def main() -> int:
         mm.train()
         model.train()
         u_mm, i_mm = mm.forward(mm.norm_adj, build_item_graph=True)
-        ei, ew = model.item_graph(model.modality_projections())
+        ei, ew = model.item_graph({m: model.modality_projection(m) for m in model.modalities})
         adj_pairs.append(('item graph S = 0.1 L + 0.9 sum_m a_m O_m',
                           torch.sparse_coo_tensor(ei, ew.detach(), (I, I)).coalesce(),
                           mm.item_adj))

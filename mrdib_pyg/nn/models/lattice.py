@@ -1,6 +1,6 @@
 r"""LATTICE: a learned item–item graph over projected modality features, blended with
 frozen kNN graphs, on top of a LightGCN user–item view."""
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +14,7 @@ from mrdib_pyg.nn.conv.sparse_op import SparseOperator
 from mrdib_pyg.nn.loss import l2_loss
 from mrdib_pyg.nn.models.base import MultimodalRecommender
 from mrdib_pyg.nn.models.registry import register_model
-from mrdib_pyg.nn.output import ModalityOutput, RecOutput
+from mrdib_pyg.nn.output import LazyModalities, ModalityOutput, RecOutput
 
 CF_MODELS = ('lightgcn', 'mf')
 
@@ -227,18 +227,21 @@ class LATTICE(MultimodalRecommender):
         self.frozen_item_graph = None
         self.build_item_graph = True
 
-    def modality_projections(self) -> Dict[str, Tensor]:
-        r""":math:`W_m \mathbf{f}^m + b_m` for every modality, :obj:`[I, d_f]` each."""
-        return {m: self.trs[m](self.modality_features(m)) for m in self.modalities}
+    def modality_projection(self, modality: str, items: Optional[Tensor] = None) -> Tensor:
+        r""":math:`W_m \mathbf{f}^m + b_m` of :obj:`modality`, :obj:`[I, d_f]` (only the rows
+        of :obj:`items` when given)."""
+        x = self.modality_features(modality)
+        return self.trs[modality](x if items is None else x.index_select(0, items))
 
     def pre_epoch(self, epoch: int) -> None:
         r"""Marks the item graph for a rebuild on the next training forward (MMRec's
         ``pre_epoch_processing``)."""
         self.build_item_graph = True
 
-    def item_propagation(self, projections: Mapping[str, Tensor]) -> Tensor:
-        r""":math:`\mathbf{h} = S^{L_m}\mathbf{E}_I`, rebuilding :math:`S` or reusing the
-        frozen one as described in the class docs."""
+    def item_propagation(self, modalities: Mapping[str, ModalityOutput]) -> Tensor:
+        r""":math:`\mathbf{h} = S^{L_m}\mathbf{E}_I`, rebuilding :math:`S` from the
+        projections in :obj:`modalities` or reusing the frozen one as described in the class
+        docs (only a rebuild reads the projections)."""
         rebuild = (not self.training or self.build_item_graph
                    or self.frozen_item_graph is None)
         h = self.item_emb
@@ -246,7 +249,7 @@ class LATTICE(MultimodalRecommender):
             for _ in range(self.n_layers):
                 h = self.frozen_item_graph(h)
             return h
-        edge_index, edge_weight = self.item_graph(projections)
+        edge_index, edge_weight = self.item_graph({m: mo.item for m, mo in modalities.items()})
         self.frozen_item_graph = self.item_graph.operator(edge_index, edge_weight)
         if self.training and torch.is_grad_enabled():
             # Only a training step consumes the flag (MMRec's calculate_loss); a no-grad
@@ -260,9 +263,24 @@ class LATTICE(MultimodalRecommender):
             h = propagate(h, edge_index, edge_weight)
         return h
 
+    def forward_batch(self, batch: BPRBatch) -> Tuple[RecOutput, BPRBatch]:
+        r"""The tables of :meth:`forward`, the item table restricted to the batch's distinct
+        items (the batch re-indexed into them), and modality tables that project only those
+        items when a plug-in reads them: the same loss and gradients, without a projection
+        and backward pass through every item's features at every step."""
+        items, batch = batch.reindex_items()
+        out = self.forward()
+        modalities = LazyModalities(
+            self.modalities, lambda m: ModalityOutput(item=self.modality_projection(m, items)))
+        return (RecOutput(user=out.user, item=out.item.index_select(0, items),
+                          modalities=modalities, extras=out.extras), batch)
+
     def forward(self) -> RecOutput:
-        projections = self.modality_projections()
-        h = self.item_propagation(projections)
+        # computed when read: by a graph rebuild (once an epoch in training) or a plug-in;
+        # MMRec projects every item's features at every step
+        modalities = LazyModalities(
+            self.modalities, lambda m: ModalityOutput(item=self.modality_projection(m)))
+        h = self.item_propagation(modalities)
         if self.cf_model == 'lightgcn':
             x = torch.cat([self.user_emb, self.item_emb], dim=0)
             user, item = self.ui_propagation(x, self.ui_graph).split(
@@ -271,7 +289,7 @@ class LATTICE(MultimodalRecommender):
             user, item = self.user_emb, self.item_emb
         return RecOutput(
             user=user, item=item + F.normalize(h, p=2., dim=1),
-            modalities={m: ModalityOutput(item=projections[m]) for m in self.modalities},
+            modalities=modalities,
             extras={'item_graph_out': h})
 
     # -- loss ---------------------------------------------------------------------------

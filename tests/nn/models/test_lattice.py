@@ -274,3 +274,18 @@ def test_rejects_bad_arguments(data):
         LATTICE(U, I, feats, torch.eye(3).to_sparse(),
                 {m: torch.eye(I).to_sparse() for m in feats})
     assert 'lattice' in repr(model).lower() and 'lambda_coeff=0.9' in repr(model)
+
+
+def test_projections_are_computed_only_by_a_graph_rebuild_or_a_reader(data):
+    model = build(data)
+    model.pre_epoch(0)
+    first = model()  # the epoch's rebuild reads every projection
+    assert first.modalities.computed() == ['text', 'image']
+    model.loss(first, batch()).backward()
+    second = model()  # the frozen graph: bare LATTICE needs no projection
+    model.loss(second, batch()).backward()
+    assert second.modalities.computed() == []
+    assert model.trs['image'].weight.grad is not None
+    # a plug-in reading them gets the full table, with gradient
+    assert second.modalities['image'].item.shape == (I, model.feat_embed_dim)
+    assert second.modalities['image'].item.requires_grad
