@@ -11,7 +11,7 @@ from mrdib_pyg.data.sampling import BPRBatch
 from mrdib_pyg.data.derived import build_graphs
 from mrdib_pyg.data.schema import ITEM, USER, item_features, modality_names
 from mrdib_pyg.nn.loss import bpr_loss
-from mrdib_pyg.nn.output import RecOutput
+from mrdib_pyg.nn.output import LazyModalities, ModalityOutput, RecOutput
 
 
 class Recommender(nn.Module):
@@ -263,6 +263,23 @@ class MultimodalRecommender(Recommender):
             if old in state_dict and f'{prefix}feature_emb.{m}' not in state_dict:
                 state_dict[f'{prefix}feature_emb.{m}'] = state_dict.pop(old)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def modality_projection(self, modality: str, items: Optional[Tensor] = None) -> Tensor:
+        r""":math:`W_m \mathbf{f}^m + \mathbf{b}_m` of :obj:`modality` (only the rows of
+        :obj:`items` when given), for the backbones that keep one projection of their
+        :meth:`modality_features` per modality in :obj:`self.trs` (FREEDOM, BM3, LATTICE)."""
+        x = self.modality_features(modality)
+        return self.trs[modality](x if items is None else x.index_select(0, items))
+
+    def lazy_projections(self, items: Optional[Tensor] = None) -> LazyModalities:
+        r"""Every modality's :meth:`modality_projection` (of :obj:`items` only, when
+        given) as :attr:`RecOutput.modalities`, each computed when first read: a backbone
+        whose own computation does not always need them (FREEDOM at :obj:`reg_weight=0`,
+        BM3 when ranking, LATTICE between its graph rebuilds) then projects no 4096-d
+        feature unless a plug-in or a loss term reads it. MMRec projects every item's
+        features at every step."""
+        return LazyModalities(
+            self.modalities, lambda m: ModalityOutput(item=self.modality_projection(m, items)))
 
     def apply_modality_hook(self, reps: Dict[str, Tensor]) -> Dict[str, Tensor]:
         r""":obj:`reps` through :attr:`modality_hook` when one is set (replace mode)."""

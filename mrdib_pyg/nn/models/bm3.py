@@ -14,7 +14,7 @@ from mrdib_pyg.nn.conv.sparse_op import SparseOperator
 from mrdib_pyg.nn.loss import emb_loss
 from mrdib_pyg.nn.models.base import MultimodalRecommender
 from mrdib_pyg.nn.models.registry import register_model
-from mrdib_pyg.nn.output import LazyModalities, ModalityOutput, RecOutput
+from mrdib_pyg.nn.output import RecOutput
 
 
 @register_model('bm3', 'BM3: LightGCN + projected modality features, negative-free '
@@ -176,15 +176,10 @@ class BM3(MultimodalRecommender):
         user, item = self.propagation(x, self.graph).split([self.num_users, self.num_items])
         return user, item + self.item_emb
 
-    def modality_projection(self, modality: str) -> Tensor:
-        r""":math:`W_m \mathbf{f}^m + \mathbf{b}_m` of :obj:`modality`, :obj:`[I, d]`."""
-        return self.trs[modality](self.modality_features(modality))
-
     def forward(self) -> RecOutput:
         user, item = self.online()
         # read by the alignment terms and plug-ins in training, by nothing when ranking
-        modalities = LazyModalities(
-            self.modalities, lambda m: ModalityOutput(item=self.modality_projection(m)))
+        modalities = self.lazy_projections()
         return RecOutput(user=self.bootstrap.predict(user), item=self.bootstrap.predict(item),
                          modalities=modalities,
                          extras={'user_online': user, 'item_online': item})

@@ -12,7 +12,7 @@ from mrdib_pyg.nn.conv.lg_propagation import LGPropagation
 from mrdib_pyg.nn.conv.sparse_op import SparseOperator
 from mrdib_pyg.nn.models.base import MultimodalRecommender
 from mrdib_pyg.nn.models.registry import register_model
-from mrdib_pyg.nn.output import LazyModalities, ModalityOutput, RecOutput
+from mrdib_pyg.nn.output import RecOutput
 
 
 def logsigmoid_bpr(user: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
@@ -225,20 +225,6 @@ class FREEDOM(MultimodalRecommender):
             adj = self.pruning(self.pruning_generator(epoch))
             self.train_graph = SparseOperator(adj, symmetric=True, backend=self.backend)
 
-    def modality_projection(self, modality: str, items: Optional[Tensor] = None) -> Tensor:
-        r""":math:`W_m \mathbf{f}^m + b_m` of :obj:`modality`, :obj:`[I, d]` (only the rows
-        of :obj:`items` when given)."""
-        x = self.modality_features(modality)
-        return self.trs[modality](x if items is None else x.index_select(0, items))
-
-    def _lazy_projections(self, items: Optional[Tensor] = None) -> LazyModalities:
-        r"""The modality projections (of :obj:`items` only, when given), each computed when
-        first read: at :obj:`reg_weight=0` only a plug-in reads them, so bare FREEDOM
-        projects no feature (MMRec projects every item's 4,096-d features each batch, and
-        at :obj:`reg_weight=0` uses none of them)."""
-        return LazyModalities(
-            self.modalities, lambda m: ModalityOutput(item=self.modality_projection(m, items)))
-
     def forward_batch(self, batch: BPRBatch) -> Tuple[RecOutput, BPRBatch]:
         r"""The propagated tables as :meth:`forward`, but the modality projections of the
         batch's unique items only (their rows are all the loss and a plug-in read). The
@@ -247,7 +233,7 @@ class FREEDOM(MultimodalRecommender):
         items, batch = batch.reindex_items()
         user, item = self._propagate()
         return (RecOutput(user=user, item=item.index_select(0, items),
-                          modalities=self._lazy_projections(items)), batch)
+                          modalities=self.lazy_projections(items)), batch)
 
     def _propagate(self) -> Tuple[Tensor, Tensor]:
         if not self.training or self.pruning is None:
@@ -265,7 +251,7 @@ class FREEDOM(MultimodalRecommender):
         r"""The full tables; the modality projections are computed when first read
         (:class:`~mrdib_pyg.nn.output.LazyModalities`)."""
         user, item = self._propagate()
-        return RecOutput(user=user, item=item, modalities=self._lazy_projections())
+        return RecOutput(user=user, item=item, modalities=self.lazy_projections())
 
     def loss(self, out: RecOutput, batch: BPRBatch) -> Tensor:
         r""":math:`\mathrm{BPR}(\mathbf{u}, \mathbf{i}) + \lambda\sum_m

@@ -14,7 +14,7 @@ from mrdib_pyg.nn.conv.sparse_op import SparseOperator
 from mrdib_pyg.nn.loss import l2_loss
 from mrdib_pyg.nn.models.base import MultimodalRecommender
 from mrdib_pyg.nn.models.registry import register_model
-from mrdib_pyg.nn.output import LazyModalities, ModalityOutput, RecOutput
+from mrdib_pyg.nn.output import ModalityOutput, RecOutput
 
 CF_MODELS = ('lightgcn', 'mf')
 
@@ -227,12 +227,6 @@ class LATTICE(MultimodalRecommender):
         self.frozen_item_graph = None
         self.build_item_graph = True
 
-    def modality_projection(self, modality: str, items: Optional[Tensor] = None) -> Tensor:
-        r""":math:`W_m \mathbf{f}^m + b_m` of :obj:`modality`, :obj:`[I, d_f]` (only the rows
-        of :obj:`items` when given)."""
-        x = self.modality_features(modality)
-        return self.trs[modality](x if items is None else x.index_select(0, items))
-
     def pre_epoch(self, epoch: int) -> None:
         r"""Marks the item graph for a rebuild on the next training forward (MMRec's
         ``pre_epoch_processing``)."""
@@ -270,16 +264,12 @@ class LATTICE(MultimodalRecommender):
         and backward pass through every item's features at every step."""
         items, batch = batch.reindex_items()
         out = self.forward()
-        modalities = LazyModalities(
-            self.modalities, lambda m: ModalityOutput(item=self.modality_projection(m, items)))
         return (RecOutput(user=out.user, item=out.item.index_select(0, items),
-                          modalities=modalities, extras=out.extras), batch)
+                          modalities=self.lazy_projections(items), extras=out.extras), batch)
 
     def forward(self) -> RecOutput:
-        # computed when read: by a graph rebuild (once an epoch in training) or a plug-in;
-        # MMRec projects every item's features at every step
-        modalities = LazyModalities(
-            self.modalities, lambda m: ModalityOutput(item=self.modality_projection(m)))
+        # read by a graph rebuild (once an epoch in training) or a plug-in
+        modalities = self.lazy_projections()
         h = self.item_propagation(modalities)
         if self.cf_model == 'lightgcn':
             x = torch.cat([self.user_emb, self.item_emb], dim=0)
