@@ -83,7 +83,6 @@ def main():
     print_table(rows, ['op', 'ms per step', 'calls per step', 'input shapes'])
     out = args.out or f'step_profile_{args.model}.json'
     write_json(out, dict(args=vars(args), machine=machine(), median_ms=medians, top_ops=rows))
-    print(f'wrote benchmarks/results/{out}')
 
 
 if __name__ == '__main__':
