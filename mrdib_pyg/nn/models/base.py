@@ -281,6 +281,18 @@ class MultimodalRecommender(Recommender):
         return LazyModalities(
             self.modalities, lambda m: ModalityOutput(item=self.modality_projection(m, items)))
 
+    def forward_with_batch_projections(self, batch: BPRBatch) -> Tuple[RecOutput, BPRBatch]:
+        r"""A :meth:`forward_batch` for backbones whose modality tables are
+        :meth:`lazy_projections` (FREEDOM, LATTICE): the tables of :meth:`forward`, the item
+        table restricted to the batch's distinct items (the batch re-indexed into them), and
+        modality tables that project only those items when read. The loss and every
+        gradient are those of the full tables, without a projection and backward pass
+        through every item's features at every step."""
+        items, batch = batch.reindex_items()
+        out = self.forward()
+        return (RecOutput(user=out.user, item=out.item.index_select(0, items),
+                          modalities=self.lazy_projections(items), extras=out.extras), batch)
+
     def apply_modality_hook(self, reps: Dict[str, Tensor]) -> Dict[str, Tensor]:
         r""":obj:`reps` through :attr:`modality_hook` when one is set (replace mode)."""
         return reps if self.modality_hook is None else self.modality_hook(reps)

@@ -226,16 +226,15 @@ class FREEDOM(MultimodalRecommender):
             self.train_graph = SparseOperator(adj, symmetric=True, backend=self.backend)
 
     def forward_batch(self, batch: BPRBatch) -> Tuple[RecOutput, BPRBatch]:
-        r"""The propagated tables as :meth:`forward`, but the modality projections of the
-        batch's unique items only (their rows are all the loss and a plug-in read). The
-        item tables come back restricted to those items and the batch re-indexed into
-        them; the loss and every gradient are unchanged."""
-        items, batch = batch.reindex_items()
-        user, item = self._propagate()
-        return (RecOutput(user=user, item=item.index_select(0, items),
-                          modalities=self.lazy_projections(items)), batch)
+        r"""The propagated tables as :meth:`forward`, the item table restricted to the
+        batch's distinct items and their projections only
+        (:meth:`forward_with_batch_projections`): their rows are all the loss and a plug-in
+        read."""
+        return self.forward_with_batch_projections(batch)
 
-    def _propagate(self) -> Tuple[Tensor, Tensor]:
+    def forward(self) -> RecOutput:
+        r"""The full tables; the modality projections are computed when first read
+        (:class:`~mrdib_pyg.nn.output.LazyModalities`)."""
         if not self.training or self.pruning is None:
             graph = self.graph
         else:
@@ -245,13 +244,7 @@ class FREEDOM(MultimodalRecommender):
         h = self.mm_propagation(self.item_emb, self.item_graph)
         x = torch.cat([self.user_emb, self.item_emb], dim=0)
         user, item = self.ui_propagation(x, graph).split([self.num_users, self.num_items])
-        return user, item + h
-
-    def forward(self) -> RecOutput:
-        r"""The full tables; the modality projections are computed when first read
-        (:class:`~mrdib_pyg.nn.output.LazyModalities`)."""
-        user, item = self._propagate()
-        return RecOutput(user=user, item=item, modalities=self.lazy_projections())
+        return RecOutput(user=user, item=item + h, modalities=self.lazy_projections())
 
     def loss(self, out: RecOutput, batch: BPRBatch) -> Tensor:
         r""":math:`\mathrm{BPR}(\mathbf{u}, \mathbf{i}) + \lambda\sum_m

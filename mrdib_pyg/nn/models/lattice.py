@@ -258,14 +258,9 @@ class LATTICE(MultimodalRecommender):
         return h
 
     def forward_batch(self, batch: BPRBatch) -> Tuple[RecOutput, BPRBatch]:
-        r"""The tables of :meth:`forward`, the item table restricted to the batch's distinct
-        items (the batch re-indexed into them), and modality tables that project only those
-        items when a plug-in reads them: the same loss and gradients, without a projection
-        and backward pass through every item's features at every step."""
-        items, batch = batch.reindex_items()
-        out = self.forward()
-        return (RecOutput(user=out.user, item=out.item.index_select(0, items),
-                          modalities=self.lazy_projections(items), extras=out.extras), batch)
+        r""":meth:`forward`'s tables, the item table restricted to the batch's distinct items
+        and their projections only (:meth:`forward_with_batch_projections`)."""
+        return self.forward_with_batch_projections(batch)
 
     def forward(self) -> RecOutput:
         # read by a graph rebuild (once an epoch in training) or a plug-in
