@@ -33,11 +33,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, mrdib_step, print_table, write_json  # noqa: E402
+from common import baby_shaped_output, machine, mrdib_step, print_table, write_json  # noqa: E402
 
 from mrdib_pyg.nn.mine import random_derangement  # noqa: E402
 from mrdib_pyg.nn.mrdib import MRdIB  # noqa: E402
-from mrdib_pyg.nn.output import BPRBatch, ModalityOutput, RecOutput  # noqa: E402
+from mrdib_pyg.nn.output import BPRBatch  # noqa: E402
 
 
 def padded_step_functions(mrdib: MRdIB, B: int):
@@ -93,11 +93,7 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     U, I, B, d = args.users, args.items, args.batch, 64
-    tables = {m: torch.randn(I, d, requires_grad=True) for m in ('text', 'image')}
-    theta = torch.randn(U, d, requires_grad=True)
-    out = RecOutput(user=torch.randn(U, 2 * d), item=torch.randn(I, 2 * d),
-                    modalities={m: ModalityOutput(t) for m, t in tables.items()},
-                    modality_user=theta)
+    tables, theta, out = baby_shaped_output(U, I, d)
     mrdib = MRdIB.from_output(out)
     mods = mrdib.modalities
     main_opt = torch.optim.Adam(list(mrdib.main_parameters()), lr=1e-3, fused=True)

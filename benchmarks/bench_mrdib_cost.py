@@ -24,10 +24,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, mrdib_step, print_table, write_json  # noqa: E402
+from common import baby_shaped_output, machine, mrdib_step, print_table, write_json  # noqa: E402
 
 from mrdib_pyg.nn.mrdib import MRdIB  # noqa: E402
-from mrdib_pyg.nn.output import BPRBatch, ModalityOutput, RecOutput  # noqa: E402
+from mrdib_pyg.nn.output import BPRBatch  # noqa: E402
 
 
 def main():
@@ -46,12 +46,7 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    d = args.dim
-    tables = {m: torch.randn(args.items, d, requires_grad=True) for m in ('text', 'image')}
-    theta = torch.randn(args.users, d, requires_grad=True)
-    out = RecOutput(user=torch.randn(args.users, 2 * d), item=torch.randn(args.items, 2 * d),
-                    modalities={m: ModalityOutput(t) for m, t in tables.items()},
-                    modality_user=theta)
+    tables, theta, out = baby_shaped_output(args.users, args.items, args.dim)
     mrdib = MRdIB.from_output(out)
     main_opt = torch.optim.Adam(list(mrdib.main_parameters()), lr=1e-3)
     critic_opt = torch.optim.Adam(mrdib.critic_parameters(), lr=1e-3)

@@ -41,6 +41,20 @@ def synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def baby_shaped_output(num_users: int, num_items: int, dim: int = 64):
+    r"""A VBPR-like output of the given sizes for benchmarks of MRdIB alone: two
+    :obj:`dim`-wide modality tables (text, image) and the content user table they pair with,
+    all requiring gradients as a backbone's would (random values; seed first). Returns
+    :obj:`(tables, theta, out)`."""
+    from mrdib_pyg.nn.output import ModalityOutput, RecOutput
+    tables = {m: torch.randn(num_items, dim, requires_grad=True) for m in ('text', 'image')}
+    theta = torch.randn(num_users, dim, requires_grad=True)
+    out = RecOutput(user=torch.randn(num_users, 2 * dim), item=torch.randn(num_items, 2 * dim),
+                    modalities={m: ModalityOutput(t) for m, t in tables.items()},
+                    modality_user=theta)
+    return tables, theta, out
+
+
 def mrdib_step(module, out, batch, main_opt, critic_opt, tables,
                device='cpu') -> Tuple[float, float]:
     r"""Everything MRdIB adds to one training batch, timed: its critic step, then its loss
